@@ -1,0 +1,109 @@
+"""AdapterLab: `python app.py` serves the UI + one worker; `python app.py worker`, a worker.
+
+python app.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from storage.settings import Settings, add_arguments, from_args
+from storage.store import Store
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[str, Settings]:
+    parser = argparse.ArgumentParser(prog="app.py", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "worker"],
+        help="serve: UI + one embedded worker (default); worker: a worker only",
+    )
+    parser.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="serve the UI without starting an embedded worker",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    command = "serve-only" if args.command == "serve" and args.no_worker else args.command
+    return command, from_args(args)
+
+
+def start_worker_process(settings: Settings) -> subprocess.Popen:
+    """The embedded worker is a separate process: a crash in training never takes the UI down."""
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "worker"],
+        env={**os.environ, **settings.to_env()},
+    )
+
+
+def serve(settings: Settings, with_worker: bool) -> None:
+    store = Store(settings.data_dir)
+    store.init()
+    store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
+    worker = start_worker_process(settings) if with_worker else None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        import torch
+
+        torch.set_num_threads(settings.playground_threads)
+        from webui.blocks import THEME, build_app
+
+        app = build_app(settings)
+        # The first parameter count would wait for these imports; take them off that path.
+        threading.Thread(target=_warm_imports, daemon=True).start()
+        app.queue(default_concurrency_limit=4)
+        print(
+            f"AdapterLab on http://{settings.host}:{settings.port} (data: {settings.data_dir})",
+            flush=True,
+        )
+        app.launch(
+            server_name=settings.host,
+            server_port=settings.port,
+            theme=THEME,
+            show_error=True,
+            allowed_paths=[str(settings.data_dir / "downloads")],
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def _warm_imports() -> None:
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    command, settings = parse_args(argv)
+    if command == "worker":
+        from jobs.worker import run_worker
+
+        run_worker(settings)
+    else:
+        serve(settings, with_worker=command == "serve")
+
+
+if __name__ == "__main__":
+    main()

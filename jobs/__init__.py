@@ -1,0 +1,1 @@
+"""Jobs: the queue (huey), the worker, and the child process that runs one training job."""

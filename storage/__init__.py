@@ -1,0 +1,1 @@
+"""Storage: settings, the SQLite app database and the on-disk layout. Imports nothing of ours."""

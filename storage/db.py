@@ -1,0 +1,111 @@
+"""SQLite connection (WAL, busy timeout) and the numbered schema migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Append only: each entry is one migration, applied once, in order. Never edit a shipped one.
+MIGRATIONS: list[str] = [
+    # 1: datasets, jobs, metrics, adapters
+    """
+    CREATE TABLE datasets (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        format TEXT NOT NULL,
+        rows INTEGER NOT NULL,
+        columns TEXT NOT NULL,          -- JSON list of the source columns
+        warnings TEXT NOT NULL,         -- JSON list of strings
+        source_file TEXT NOT NULL,      -- file name inside the dataset folder
+        content_hash TEXT NOT NULL,     -- sha256 of the uploaded bytes
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        spec TEXT NOT NULL,             -- the validated job spec as JSON
+        dataset_id TEXT REFERENCES datasets(id),
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        heartbeat_at REAL,
+        step INTEGER NOT NULL DEFAULT 0,
+        total_steps INTEGER,
+        trainable_params INTEGER,
+        total_params INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        error TEXT,                     -- one plain sentence
+        error_detail TEXT,              -- traceback / log tail
+        checkpoint TEXT,                -- folder name inside the job folder
+        adapter_id TEXT
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE TABLE metrics (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        step INTEGER NOT NULL,
+        epoch REAL,
+        loss REAL,
+        eval_loss REAL,
+        learning_rate REAL,
+        tokens_per_s REAL,
+        memory_mb REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX metrics_job ON metrics(job_id, step);
+    CREATE TABLE adapters (
+        id TEXT PRIMARY KEY,
+        job_id TEXT REFERENCES jobs(id),
+        name TEXT NOT NULL,
+        base_model TEXT NOT NULL,
+        method TEXT NOT NULL,
+        trainable_params INTEGER,
+        total_params INTEGER,
+        size_bytes INTEGER,
+        created_at REAL NOT NULL
+    );
+    """,
+]
+
+
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """One connection for one unit of work: committed on success, rolled back on error."""
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+
+
+def migrate(path: Path) -> int:
+    """Create or upgrade the database; returns the schema version now in force."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("BEGIN IMMEDIATE")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            for statement in MIGRATIONS[number - 1].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+        return len(MIGRATIONS)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()

@@ -1,0 +1,110 @@
+"""Settings: one frozen dataclass read from the command line and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ENV_PREFIX = "ADAPTERLAB_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    data_dir: Path = Path("data")
+    models_dir: Path = Path("models")
+    train_threads: int = 1  # torch threads in a CPU training job
+    playground_threads: int = 1  # torch threads for generation in the web process
+    heartbeat_timeout_s: float = 60.0  # a running job silent this long is interrupted
+    max_upload_mb: int = 200
+    allow_remote_code: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "app.db"
+
+    @property
+    def queue_path(self) -> Path:
+        return self.data_dir / "queue.db"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that gives a child process these same settings."""
+        return {
+            ENV_PREFIX + name.upper(): str(getattr(self, name))
+            for name in self.__dataclass_fields__
+        }
+
+
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+
+
+def _coerce(name: str, raw: str):
+    kind = type(getattr(Settings, name))
+    if kind is bool:
+        return raw.strip().lower() in _BOOL_TRUE
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    if name.endswith("_dir"):
+        return Path(raw)
+    return raw
+
+
+def from_env(environ: dict[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name in Settings.__dataclass_fields__:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            try:
+                values[name] = _coerce(name, raw)
+            except ValueError:
+                raise SystemExit(
+                    f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid value"
+                ) from None
+    return Settings(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to bind (env ADAPTERLAB_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (env ADAPTERLAB_PORT, default 7860)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="jobs, datasets, adapters (env ADAPTERLAB_DATA_DIR, default ./data)",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        help="base models, shared by data dirs (env ADAPTERLAB_MODELS_DIR, default models)",
+    )
+    parser.add_argument(
+        "--train-threads",
+        type=int,
+        help="torch threads for CPU training jobs (env ADAPTERLAB_TRAIN_THREADS, default 1)",
+    )
+    parser.add_argument(
+        "--playground-threads",
+        type=int,
+        help="torch threads for the playground (env ADAPTERLAB_PLAYGROUND_THREADS, default 1)",
+    )
+
+
+def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Environment first, then any command-line option that was given."""
+    settings = from_env(environ)
+    given = {
+        name: getattr(args, name)
+        for name in Settings.__dataclass_fields__
+        if getattr(args, name, None) is not None
+    }
+    settings = replace(settings, **given)
+    return replace(
+        settings,
+        data_dir=settings.data_dir.resolve(),
+        models_dir=settings.models_dir.resolve(),
+    )

@@ -1,0 +1,361 @@
+"""The app's records (datasets, jobs, metrics, adapters) and where their files live."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+
+from storage.db import connect, migrate
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+_STALE_MESSAGE = (
+    "The job stopped sending heartbeats: its worker or the app was stopped while it ran."
+)
+_ID_PATTERN = re.compile(r"^(ds|job|ad)-[0-9a-f]{12}$")
+
+
+class NotFound(LookupError):
+    """A record that does not exist (or an id that cannot be one)."""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+def check_id(value: object, prefix: str) -> str:
+    """Ids come back from users: accept only our own shape before it touches a path or query."""
+    if not isinstance(value, str) or not _ID_PATTERN.match(value) or not value.startswith(prefix):
+        raise NotFound(f"{value!r} is not a {_KIND[prefix]} id")
+    return value
+
+
+_KIND = {"ds": "dataset", "job": "job", "ad": "adapter"}
+
+
+def _from_row(cls, row):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: row[k] for k in row.keys() if k in names})  # noqa: SIM118 (sqlite3.Row)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    name: str
+    format: str
+    rows: int
+    columns: list[str]
+    warnings: list[str]
+    source_file: str
+    content_hash: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    name: str
+    state: JobState
+    spec: dict
+    dataset_id: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    heartbeat_at: float | None
+    step: int
+    total_steps: int | None
+    trainable_params: int | None
+    total_params: int | None
+    cancel_requested: bool
+    error: str | None
+    error_detail: str | None
+    checkpoint: str | None
+    adapter_id: str | None
+
+
+@dataclass(frozen=True)
+class Metric:
+    step: int
+    epoch: float | None
+    loss: float | None
+    eval_loss: float | None
+    learning_rate: float | None
+    tokens_per_s: float | None
+    memory_mb: float | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Adapter:
+    id: str
+    job_id: str | None
+    name: str
+    base_model: str
+    method: str
+    trainable_params: int | None
+    total_params: int | None
+    size_bytes: int | None
+    created_at: float
+
+
+def _dataset(row) -> Dataset:
+    d = dict(row)
+    d["columns"] = json.loads(d["columns"])
+    d["warnings"] = json.loads(d["warnings"])
+    return _from_row(Dataset, d)
+
+
+def _job(row) -> Job:
+    d = dict(row)
+    d["state"] = JobState(d["state"])
+    d["spec"] = json.loads(d["spec"])
+    d["cancel_requested"] = bool(d["cancel_requested"])
+    return _from_row(Job, d)
+
+
+def _insert(db: sqlite3.Connection, table: str, row: dict) -> None:
+    # Table and column names come from our code, never from users; values are bound.
+    columns, marks = ", ".join(row), ", ".join("?" * len(row))
+    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))
+
+
+class Store:
+    """All SQL of the app. Opens a short connection per operation; safe across processes."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self.db_path = self.data_dir / "app.db"
+
+    def init(self) -> None:
+        for sub in ("datasets", "jobs", "adapters", "tmp"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        migrate(self.db_path)
+
+    # ---- paths: always built from our own ids ----
+    def dataset_dir(self, dataset_id: str) -> Path:
+        return self.data_dir / "datasets" / check_id(dataset_id, "ds")
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.data_dir / "jobs" / check_id(job_id, "job")
+
+    def adapter_dir(self, adapter_id: str) -> Path:
+        return self.data_dir / "adapters" / check_id(adapter_id, "ad")
+
+    def tmp_dir(self) -> Path:
+        """A fresh scratch folder inside the data dir (same filesystem, so renames are atomic)."""
+        path = self.data_dir / "tmp" / secrets.token_hex(8)
+        path.mkdir(parents=True)
+        return path
+
+    def _place(self, staged: Path, final: Path, table: str, row: dict) -> None:
+        """A folder and its row appear together or not at all."""
+        staged.rename(final)
+        try:
+            with connect(self.db_path) as db:
+                _insert(db, table, row)
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+
+    # ---- datasets ----
+    def add_dataset(self, staged: Path, **values) -> Dataset:
+        """Move a fully written staging folder into place and record it, all or nothing."""
+        dataset_id = new_id("ds")
+        row = dict(values, id=dataset_id, created_at=time.time())
+        row["columns"] = json.dumps(row["columns"])
+        row["warnings"] = json.dumps(row["warnings"])
+        self._place(staged, self.dataset_dir(dataset_id), "datasets", row)
+        return self.get_dataset(dataset_id)
+
+    def get_dataset(self, dataset_id: str) -> Dataset:
+        check_id(dataset_id, "ds")
+        with connect(self.db_path) as db:
+            row = db.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"dataset {dataset_id} does not exist")
+        return _dataset(row)
+
+    def find_dataset_by_hash(self, content_hash: str) -> Dataset | None:
+        with connect(self.db_path) as db:
+            row = db.execute(
+                "SELECT * FROM datasets WHERE content_hash = ? ORDER BY created_at LIMIT 1",
+                (content_hash,),
+            ).fetchone()
+        return _dataset(row) if row else None
+
+    def list_datasets(self) -> list[Dataset]:
+        with connect(self.db_path) as db:
+            rows = db.execute("SELECT * FROM datasets ORDER BY created_at DESC").fetchall()
+        return [_dataset(r) for r in rows]
+
+    # ---- jobs ----
+    def add_job(self, name: str, spec: dict, dataset_id: str | None) -> Job:
+        job_id = new_id("job")
+        self.job_dir(job_id).mkdir(parents=True)
+        with connect(self.db_path) as db:
+            db.execute(
+                "INSERT INTO jobs (id, name, state, spec, dataset_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    name,
+                    JobState.QUEUED,
+                    json.dumps(spec),
+                    dataset_id,
+                    time.time(),
+                ),
+            )
+        return self.get_job(job_id)
+
+    def get_job(self, job_id: str) -> Job:
+        check_id(job_id, "job")
+        with connect(self.db_path) as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} does not exist")
+        return _job(row)
+
+    def list_jobs(self) -> list[Job]:
+        with connect(self.db_path) as db:
+            rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC").fetchall()
+        return [_job(r) for r in rows]
+
+    def claim_job(self, job_id: str) -> bool:
+        """queued -> running, atomically; False when the job was cancelled meanwhile."""
+        now = time.time()
+        with connect(self.db_path) as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, started_at = ?, heartbeat_at = ?"
+                " WHERE id = ? AND state = ?",
+                (JobState.RUNNING, now, now, job_id, JobState.QUEUED),
+            )
+        return cur.rowcount == 1
+
+    def update_job(self, job_id: str, **values) -> None:
+        """Set columns of a running job (progress, counts, checkpoint); not its state."""
+        if not values:
+            return
+        assert "state" not in values, "use finish_job / cancel_job for state changes"
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with connect(self.db_path) as db:
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id])
+
+    def heartbeat(self, job_id: str) -> bool:
+        """Record that the job is alive; returns whether a cancel was asked for."""
+        with connect(self.db_path) as db:
+            db.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ?", (time.time(), job_id))
+            row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def finish_job(
+        self,
+        job_id: str,
+        state: JobState,
+        error: str | None = None,
+        error_detail: str | None = None,
+        adapter_id: str | None = None,
+    ) -> bool:
+        """running -> a final state, once. False when the job had already ended."""
+        assert state.finished
+        with connect(self.db_path) as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, error = ?, error_detail = ?,"
+                " adapter_id = COALESCE(?, adapter_id) WHERE id = ? AND state = ?",
+                (
+                    state,
+                    time.time(),
+                    error,
+                    error_detail,
+                    adapter_id,
+                    job_id,
+                    JobState.RUNNING,
+                ),
+            )
+        return cur.rowcount == 1
+
+    def cancel_job(self, job_id: str) -> JobState:
+        """Cancel a queued job at once, or ask a running one to stop; returns the state now."""
+        check_id(job_id, "job")
+        with connect(self.db_path) as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ? WHERE id = ? AND state = ?",
+                (JobState.CANCELLED, time.time(), job_id, JobState.QUEUED),
+            )
+            db.execute(
+                "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = ?",
+                (job_id, JobState.RUNNING),
+            )
+        return self.get_job(job_id).state
+
+    def interrupt_stale_jobs(self, older_than_s: float) -> list[str]:
+        """Running jobs whose heartbeat stopped (their process died) become interrupted."""
+        cutoff = time.time() - older_than_s
+        stale_sql = "SELECT id FROM jobs WHERE state = ? AND COALESCE(heartbeat_at, 0) < ?"
+        conn = sqlite3.connect(self.db_path, timeout=30.0)
+        try:  # a plain read first: the usual answer is none, and then no write lock is taken
+            if conn.execute(stale_sql, (JobState.RUNNING, cutoff)).fetchone() is None:
+                return []
+        finally:
+            conn.close()
+        with connect(self.db_path) as db:
+            ids = [r[0] for r in db.execute(stale_sql, (JobState.RUNNING, cutoff)).fetchall()]
+            for job_id in ids:
+                db.execute(
+                    "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                    (JobState.INTERRUPTED, time.time(), _STALE_MESSAGE, job_id),
+                )
+        return ids
+
+    # ---- metrics ----
+    def add_metric(self, job_id: str, **values) -> None:
+        with connect(self.db_path) as db:
+            _insert(db, "metrics", dict(values, job_id=job_id, created_at=time.time()))
+
+    def list_metrics(self, job_id: str) -> list[Metric]:
+        check_id(job_id, "job")
+        with connect(self.db_path) as db:
+            rows = db.execute(
+                "SELECT * FROM metrics WHERE job_id = ? ORDER BY step, created_at",
+                (job_id,),
+            ).fetchall()
+        return [_from_row(Metric, r) for r in rows]
+
+    # ---- adapters ----
+    def add_adapter(self, staged: Path, **values) -> Adapter:
+        """Move a fully written adapter folder into place and record it, all or nothing."""
+        adapter_id = new_id("ad")
+        row = dict(values, id=adapter_id, created_at=time.time())
+        self._place(staged, self.adapter_dir(adapter_id), "adapters", row)
+        return self.get_adapter(adapter_id)
+
+    def get_adapter(self, adapter_id: str) -> Adapter:
+        check_id(adapter_id, "ad")
+        with connect(self.db_path) as db:
+            row = db.execute("SELECT * FROM adapters WHERE id = ?", (adapter_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"adapter {adapter_id} does not exist")
+        return _from_row(Adapter, row)
+
+    def list_adapters(self) -> list[Adapter]:
+        with connect(self.db_path) as db:
+            rows = db.execute("SELECT * FROM adapters ORDER BY created_at DESC").fetchall()
+        return [_from_row(Adapter, r) for r in rows]

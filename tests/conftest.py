@@ -1,0 +1,44 @@
+"""Fixtures: each test its own data dir and database; one tiny model per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+from storage.settings import Settings
+from storage.store import Store
+from tests.tiny import build_tiny_model
+
+torch.set_num_threads(1)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def bundled_models_dir() -> Path:
+    """Where `make test` prepared the bundled model (ADAPTERLAB_MODELS_DIR, default ./models)."""
+    return Path(os.environ.get("ADAPTERLAB_MODELS_DIR", PROJECT_ROOT / "models")).resolve()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    s = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models")
+    Store(s.data_dir).init()
+    return s
+
+
+@pytest.fixture
+def store(settings) -> Store:
+    return Store(settings.data_dir)

@@ -1,0 +1,89 @@
+"""The launched app: `python app.py` on a free port with a temp data dir and the bundled model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, bundled_models_dir
+
+ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
+
+
+@dataclass(frozen=True)
+class LaunchedApp:
+    url: str
+    data_dir: Path
+    models_dir: Path
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the app did not answer at {url}:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def launched_app(tmp_path_factory) -> LaunchedApp:
+    models_dir = bundled_models_dir()
+    if not (models_dir / "SmolLM2-135M-Instruct" / "config.json").is_file():
+        pytest.fail(f"the bundled model is not prepared in {models_dir}: run `make test`")
+    data_dir = tmp_path_factory.mktemp("e2e") / "data"
+    port = free_port()
+    log = tmp_path_factory.mktemp("logs") / "app.log"
+    env = {
+        **os.environ,
+        "ADAPTERLAB_TRAIN_THREADS": "1",
+        "ADAPTERLAB_PLAYGROUND_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "app.py",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--models-dir",
+                str(models_dir),
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for(url, process, log)
+        yield LaunchedApp(url=url, data_dir=data_dir, models_dir=models_dir, log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,158 @@
+"""Jobs through the real path: queue (huey on SQLite) -> worker process -> one child per job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from storage.settings import Settings
+from storage.store import JobState, Store
+from tests.conftest import PROJECT_ROOT
+from webui import actions
+
+TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="module")
+def worker_settings(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("jobs")
+    settings = Settings(data_dir=root / "data", models_dir=root / "models")
+    Store(settings.data_dir).init()
+    log = (root / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "app.py",
+            "worker",
+            "--data-dir",
+            str(settings.data_dir),
+            "--models-dir",
+            str(settings.models_dir),
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield settings
+    worker.terminate()
+    worker.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def dataset_id(worker_settings):
+    return actions.add_sample(worker_settings, "arithmetic")["id"]
+
+
+def spec(tiny_model, dataset_id, **training):
+    return {
+        "base_model": str(tiny_model),
+        "dataset_id": dataset_id,
+        "method": "lora",
+        "method_params": {"r": 4},
+        "training": {"max_steps": 3, "batch_size": 4, "max_length": 96, **training},
+    }
+
+
+def wait_until(predicate, what: str, timeout: float = TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_finished(settings, job_id):
+    store = Store(settings.data_dir)
+    return wait_until(
+        lambda: (job := store.get_job(job_id)).state.finished and job, f"{job_id} to finish"
+    )
+
+
+def child_of(job_id: str) -> psutil.Process | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.info["cmdline"] and proc.info["cmdline"][-2:] == ["jobs.child", job_id]:
+            return proc
+    return None
+
+
+def test_job_trains_in_a_child_and_writes_the_adapter(worker_settings, dataset_id, tiny_model):
+    started = actions.start_job(worker_settings, spec(tiny_model, dataset_id, logging_steps=1))
+    assert started["status"] == "queued" and started["trainable_params"] > 0
+    job = wait_finished(worker_settings, started["job_id"])
+    assert job.state == JobState.SUCCEEDED, job.error_detail
+    store = Store(worker_settings.data_dir)
+    metrics = store.list_metrics(job.id)
+    assert [m.step for m in metrics if m.loss is not None] == [1, 2, 3]
+    assert all(m.tokens_per_s and m.memory_mb for m in metrics if m.loss is not None)
+    assert any(m.eval_loss is not None for m in metrics)
+    assert (job.step, job.total_steps) == (3, 3)
+    folder = store.adapter_dir(job.adapter_id)
+    names = {p.name for p in folder.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "recipe.json"} <= names
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert recipe == job.spec and recipe["training"]["max_steps"] == 3
+    assert "Trainable parameters" in (folder / "README.md").read_text()
+    adapter = store.get_adapter(job.adapter_id)
+    assert adapter.trainable_params == started["trainable_params"] and adapter.size_bytes > 0
+    assert (store.job_dir(job.id) / "train.log").stat().st_size > 0
+    status = actions.job_status(worker_settings, job.id)
+    assert status["status"] == "succeeded"
+    assert status["loss"] == [m.loss for m in metrics if m.loss is not None][-1]
+    assert status["adapter_id"] == job.adapter_id and status["eval_loss"] is not None
+
+
+def test_cancel_queued_and_running_jobs(worker_settings, dataset_id, tiny_model):
+    store = Store(worker_settings.data_dir)
+    long_job = actions.start_job(worker_settings, spec(tiny_model, dataset_id, max_steps=100000))
+    behind = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
+    assert actions.cancel_job(worker_settings, behind["job_id"])["status"] == "cancelled"
+
+    wait_until(lambda: store.get_job(long_job["job_id"]).step >= 1, "the long job's first step")
+    assert actions.cancel_job(worker_settings, long_job["job_id"])["status"] == "running"
+    job = wait_finished(worker_settings, long_job["job_id"])
+    assert job.state == JobState.CANCELLED and job.step < 100000
+    checkpoint = store.job_dir(job.id) / job.checkpoint
+    assert (checkpoint / "adapter_model.safetensors").is_file(), "what it learned is kept"
+    wait_until(lambda: child_of(job.id) is None, "the child process to exit")
+
+    after = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
+    assert wait_finished(worker_settings, after["job_id"]).state == JobState.SUCCEEDED
+    never = store.get_job(behind["job_id"])
+    assert never.state == JobState.CANCELLED and never.started_at is None
+    with pytest.raises(ValueError, match="already ended"):
+        actions.cancel_job(worker_settings, behind["job_id"])
+
+
+def test_a_failing_job_is_explained_and_the_queue_goes_on(worker_settings, dataset_id, tiny_model):
+    from jobs.queue import submit_job
+
+    bad = submit_job(worker_settings, "bad", spec(tiny_model, "ds-0123456789ab"), None)
+    job = wait_finished(worker_settings, bad.id)
+    assert job.state == JobState.FAILED
+    assert "dataset ds-0123456789ab does not exist" in job.error
+    assert "Traceback" in job.error_detail
+    good = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
+    assert wait_finished(worker_settings, good["job_id"]).state == JobState.SUCCEEDED
+
+
+def test_a_killed_child_fails_the_job_in_plain_words(worker_settings, dataset_id, tiny_model):
+    store = Store(worker_settings.data_dir)
+    started = actions.start_job(worker_settings, spec(tiny_model, dataset_id, max_steps=100000))
+    wait_until(lambda: store.get_job(started["job_id"]).step >= 1, "the first step")
+    os.kill(child_of(started["job_id"]).pid, signal.SIGKILL)
+    job = wait_finished(worker_settings, started["job_id"])
+    assert job.state == JobState.FAILED
+    assert "killed (SIGKILL)" in job.error and "out of memory" in job.error
+    good = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
+    assert wait_finished(worker_settings, good["job_id"]).state == JobState.SUCCEEDED

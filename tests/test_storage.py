@@ -1,0 +1,102 @@
+"""Storage: migrations, round trips, job state transitions, and ids that never become paths."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from storage.db import MIGRATIONS, migrate
+from storage.store import JobState, NotFound, Store
+
+
+def test_migrate_is_idempotent_and_sets_wal(tmp_path):
+    db = tmp_path / "app.db"
+    assert migrate(db) == len(MIGRATIONS)
+    assert migrate(db) == len(MIGRATIONS)
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"datasets", "jobs", "metrics", "adapters"} <= tables
+
+
+def _staged(store: Store, text: str = "x"):
+    folder = store.tmp_dir()
+    (folder / "rows.jsonl").write_text(text)
+    return folder
+
+
+def test_dataset_round_trip(store):
+    ds = store.add_dataset(
+        _staged(store),
+        name="mine",
+        format="alpaca",
+        rows=3,
+        columns=["instruction", "output"],
+        warnings=["w"],
+        source_file="original.csv",
+        content_hash="abc",
+    )
+    again = store.get_dataset(ds.id)
+    assert again == ds
+    assert again.columns == ["instruction", "output"] and again.warnings == ["w"]
+    assert (store.dataset_dir(ds.id) / "rows.jsonl").read_text() == "x"
+    assert store.find_dataset_by_hash("abc") == ds
+    assert store.find_dataset_by_hash("other") is None
+    assert [d.id for d in store.list_datasets()] == [ds.id]
+
+
+def test_job_lifecycle(store):
+    job = store.add_job("j", {"method": "lora"}, None)
+    assert job.state == JobState.QUEUED and job.spec == {"method": "lora"}
+    assert store.claim_job(job.id)
+    assert not store.claim_job(job.id), "a job is claimed once"
+    store.update_job(job.id, step=3, total_steps=10)
+    store.add_metric(job.id, step=3, loss=1.5, learning_rate=1e-4)
+    assert store.finish_job(job.id, JobState.SUCCEEDED, adapter_id="ad-000000000001")
+    assert not store.finish_job(job.id, JobState.FAILED, "late"), "a final state is final"
+    done = store.get_job(job.id)
+    assert done.state == JobState.SUCCEEDED and done.step == 3 and done.error is None
+    assert done.adapter_id == "ad-000000000001" and done.finished_at >= done.started_at
+    assert [(m.step, m.loss) for m in store.list_metrics(job.id)] == [(3, 1.5)]
+
+
+def test_cancel_queued_is_immediate_and_running_is_a_request(store):
+    queued = store.add_job("q", {}, None)
+    assert store.cancel_job(queued.id) == JobState.CANCELLED
+    assert not store.claim_job(queued.id), "a cancelled job is never started"
+
+    running = store.add_job("r", {}, None)
+    store.claim_job(running.id)
+    assert store.cancel_job(running.id) == JobState.RUNNING
+    assert store.heartbeat(running.id) is True, "the child sees the cancel request"
+
+
+def test_stale_running_jobs_become_interrupted(store):
+    fresh, stale = store.add_job("fresh", {}, None), store.add_job("stale", {}, None)
+    store.claim_job(fresh.id)
+    store.claim_job(stale.id)
+    store.update_job(stale.id, heartbeat_at=time.time() - 600)
+    assert store.interrupt_stale_jobs(older_than_s=60) == [stale.id]
+    assert store.get_job(stale.id).state == JobState.INTERRUPTED
+    assert "heartbeat" in store.get_job(stale.id).error
+    assert store.get_job(fresh.id).state == JobState.RUNNING
+
+
+@pytest.mark.parametrize(
+    "bad", ["../etc", "ds-../../x", "job-123", "ds-ABCDEF123456", "", None, "ad-0123456789ab/x"]
+)
+def test_ids_from_users_never_become_paths(store, bad):
+    with pytest.raises(NotFound):
+        store.dataset_dir(bad)
+    with pytest.raises(NotFound):
+        store.get_job(bad)
+
+
+def test_wrong_kind_of_id_is_refused(store):
+    with pytest.raises(NotFound, match="not a job id"):
+        store.get_job("ds-0123456789ab")
+    with pytest.raises(NotFound, match="does not exist"):
+        store.get_job("job-0123456789ab")

@@ -1,0 +1,112 @@
+"""Training on a tiny model through finetune.train: weights move where they should, and reload."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from finetune.data import DataError
+from finetune.samples import arithmetic_rows
+from finetune.spec import parse_spec
+from finetune.train import split_rows, to_prompt_completion, train
+
+
+class Recorder:
+    def __init__(self, stop_after: int | None = None):
+        self.stop_after = stop_after
+        self.started_with = None
+        self.logs: list[tuple[int, dict]] = []
+        self.checks = 0
+
+    def started(self, total_steps, trainable_params, total_params):
+        self.started_with = (total_steps, trainable_params, total_params)
+
+    def logged(self, step, values):
+        self.logs.append((step, values))
+
+    def should_stop(self):
+        self.checks += 1
+        return self.stop_after is not None and self.checks >= self.stop_after
+
+
+def spec_for(model, **training):
+    return parse_spec(
+        {
+            "base_model": str(model),
+            "dataset_id": "ds-0123456789ab",
+            "method_params": {"r": 4},
+            "training": {"max_steps": 4, "batch_size": 4, "max_length": 64, **training},
+        }
+    )
+
+
+def test_lora_trains_saves_and_reloads(tiny_model, tmp_path):
+    spec = spec_for(tiny_model, learning_rate=1e-2)
+    recorder = Recorder()
+    out = tmp_path / "adapter"
+    result = train(spec, arithmetic_rows(64), str(tiny_model), tmp_path / "work", out, recorder)
+
+    assert (result.step, result.total_steps, result.stopped) == (4, 4, False)
+    assert recorder.started_with == (4, result.trainable_params, result.total_params)
+    losses = [v["loss"] for _, v in recorder.logs if "loss" in v]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert any("eval_loss" in v for _, v in recorder.logs)
+    assert all(v["tokens_per_s"] > 0 for _, v in recorder.logs if "loss" in v)
+
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4
+    saved = load_file(out / "adapter_model.safetensors")
+    assert saved and all("lora_" in k for k in saved)
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k), "B moved off zero"
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    reference = {k: v.clone() for k, v in base.state_dict().items()}
+    model = PeftModel.from_pretrained(base, out)
+    for name, param in model.base_model.model.named_parameters():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(param, reference[key]), f"frozen weight {key} changed"
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        first = model(ids).logits
+        again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out)
+        assert torch.equal(first, again(ids).logits), "reloading gives identical logits"
+        with model.disable_adapter():
+            assert not torch.allclose(first, model(ids).logits), "the adapter changes the output"
+
+
+def test_stop_request_ends_the_run_early(tiny_model, tmp_path):
+    spec = spec_for(tiny_model, max_steps=50, eval_fraction=0.0)
+    result = train(
+        spec, arithmetic_rows(64), str(tiny_model), tmp_path / "w", tmp_path / "o", Recorder(2)
+    )
+    assert result.stopped and result.step == 2 and result.total_steps == 50
+    assert (tmp_path / "o" / "adapter_model.safetensors").is_file()
+
+
+def test_rows_with_no_answer_left_get_a_plain_error(tiny_model, tmp_path):
+    spec = spec_for(tiny_model, max_length=16)
+    with pytest.raises(DataError, match=r"raise training\.max_length"):
+        train(spec, arithmetic_rows(8), str(tiny_model), tmp_path / "w", tmp_path / "o", Recorder())
+
+
+def test_split_is_seeded_and_keeps_a_training_row():
+    rows = [{"i": i} for i in range(100)]
+    train_a, eval_a = split_rows(rows, 0.1, seed=1)
+    assert (len(train_a), len(eval_a)) == (90, 10)
+    assert split_rows(rows, 0.1, seed=1) == (train_a, eval_a)
+    assert split_rows(rows, 0.1, seed=2)[1] != eval_a
+    assert not set(map(str, train_a)) & set(map(str, eval_a))
+    assert split_rows(rows[:1], 0.5, seed=0) == (rows[:1], [])
+
+
+def test_prompt_completion_puts_loss_on_the_last_answer():
+    row = arithmetic_rows(1)[0]
+    pc = to_prompt_completion(row)
+    assert [t["role"] for t in pc["prompt"]] == ["system", "user"]
+    assert pc["completion"] == [row["messages"][-1]]

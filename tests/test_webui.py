@@ -1,0 +1,165 @@
+"""The UI's handlers as plain functions, and the Blocks app with its named API endpoints."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from storage.store import JobState, Store
+from webui import actions
+from webui.blocks import build_app
+from webui.data_tab import on_sample_click, on_upload_click
+from webui.jobs_tab import on_cancel_click, on_jobs_tick, progress_html
+from webui.playground_tab import on_generate_click
+from webui.train_tab import build_train_tab, on_form_change, on_start_click
+
+API = {
+    "upload_dataset",
+    "start_job",
+    "job_status",
+    "cancel_job",
+    "generate",
+    "download_adapter",
+    "estimate",
+    "list_jobs",
+    "list_datasets",
+    "list_adapters",
+    "add_sample",
+}
+
+
+@pytest.fixture
+def with_tiny(settings, tiny_model):
+    """The tiny model placed in the models dir, as a user's own model folder would be."""
+    shutil.copytree(tiny_model, settings.models_dir / "tiny")
+    return settings
+
+
+def test_app_builds_with_the_named_api(with_tiny):
+    app = build_app(with_tiny)
+    names = {fn.api_name for fn in app.fns.values() if fn.api_visibility == "public"}
+    assert names == API
+
+
+def test_upload_handler_reports_and_stores_nothing_on_error(settings, store, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,answer\na,b\n")
+    message, table = on_upload_click(settings, str(bad), "")
+    assert message.startswith("❌ **Not stored.**") and "None of the known columns" in message
+    assert store.list_datasets() == []
+    good = tmp_path / "good.csv"
+    good.write_text("prompt,completion\nHi?,Hello.\n")
+    message, table = on_upload_click(settings, str(good), "greetings")
+    assert "**greetings**" in message and "1 rows" in message and "*user*: Hi?" in message
+    assert table[0][0] == "greetings"
+
+
+def test_sample_handler(settings):
+    message, table = on_sample_click(settings, "arithmetic")
+    assert "2,000 rows" in message and "What is" in message
+    assert len(table) == 1
+
+
+def filled_form(settings, **values):
+    import gradio as gr
+
+    with gr.Blocks():
+        form = build_train_tab(settings)
+    data = {c: getattr(c, "value", None) for c in form.inputs()}
+    data[form.base_model] = values.pop("base_model", "tiny")
+    data[form.dataset] = values.pop("dataset", None)
+    for name, value in values.items():
+        component = form.method_inputs.get(name) or form.training_inputs[name]
+        data[component] = value
+    return form, data
+
+
+def test_form_counts_and_start(with_tiny):
+    form, data = filled_form(with_tiny, r=4)
+    counts = on_form_change(with_tiny, form, data)
+    assert counts.startswith("**Trainable parameters:")
+    assert "⚠️" in on_form_change(with_tiny, *filled_form(with_tiny, r=0))
+    message = on_start_click(with_tiny, form, data)
+    assert message.startswith("❌ **Not started.** dataset_id")
+    dataset = actions.add_sample(with_tiny, "arithmetic")
+    form, data = filled_form(with_tiny, dataset=dataset["id"], r=4, max_steps=2)
+    message = on_start_click(with_tiny, form, data)
+    assert message.startswith("✅ Job `job-")
+    job = Store(with_tiny.data_dir).list_jobs()[0]
+    assert job.state == JobState.QUEUED
+    assert job.spec["method_params"]["r"] == 4 and job.spec["training"]["max_steps"] == 2
+
+
+def test_jobs_tick_and_cancel(settings, store):
+    rows, _, progress, *_ = on_jobs_tick(settings, None)
+    assert rows == [] and progress == "No jobs yet."
+    job = store.add_job("first", {"method": "lora"}, None)
+    store.claim_job(job.id)
+    store.update_job(job.id, step=2, total_steps=4)
+    store.add_metric(job.id, step=1, loss=2.0)
+    store.add_metric(job.id, step=2, loss=1.5, eval_loss=1.7)
+    rows, _, progress, plot, recipe, error, cancel = on_jobs_tick(settings, None)
+    assert rows[0][:4] == ["first", job.id, "running", "2/4"]
+    assert "step 2 of 4" in progress and "left" in progress and "width:50.0%" in progress
+    assert isinstance(plot, pd.DataFrame)
+    assert plot.to_dict("records") == [
+        {"step": 1, "value": 2.0, "series": "loss"},
+        {"step": 2, "value": 1.5, "series": "loss"},
+        {"step": 2, "value": 1.7, "series": "eval loss"},
+    ]
+    assert '"method": "lora"' in recipe and cancel["interactive"] is True
+    assert "will stop after its current step" in on_cancel_click(settings, job.id)
+    store.finish_job(job.id, JobState.FAILED, "It broke.", "Traceback: x")
+    _, _, progress, _, _, error, cancel = on_jobs_tick(settings, job.id)
+    assert "failed" in progress and error.startswith("**It broke.**") and "Traceback" in error
+    assert cancel["interactive"] is False
+    assert "already ended" in on_cancel_click(settings, job.id)
+
+
+def test_progress_of_a_finished_job_is_full():
+    from storage.store import Job
+
+    job = Job(
+        id="job-0123456789ab",
+        name="n",
+        state=JobState.SUCCEEDED,
+        spec={},
+        dataset_id=None,
+        created_at=0,
+        started_at=10,
+        finished_at=100,
+        heartbeat_at=None,
+        step=4,
+        total_steps=4,
+        trainable_params=None,
+        total_params=None,
+        cancel_requested=False,
+        error=None,
+        error_detail=None,
+        checkpoint=None,
+        adapter_id=None,
+    )
+    html = progress_html(job)
+    assert "width:100.0%" in html and "took 1 min 30 s" in html
+
+
+def test_playground_handler(with_tiny):
+    base, adapter = on_generate_click(with_tiny, "tiny", None, "What is 1 + 2?", "", 5, 0, 0)
+    assert "tokens/s" in base and adapter == "(pick an adapter to compare)"
+    base, _ = on_generate_click(with_tiny, "tiny", None, "  ", "", 5, 0, 0)
+    assert base == "❌ Type a prompt first."
+    base, _ = on_generate_click(with_tiny, "tiny", "ad-0123456789ab", "hi", "", 5, 0, 0)
+    assert base == "❌ adapter ad-0123456789ab does not exist"
+
+
+def test_status_readers_settle_jobs_whose_process_died(settings, store):
+    import time
+
+    job = store.add_job("orphan", {}, None)
+    store.claim_job(job.id)
+    store.update_job(job.id, heartbeat_at=time.time() - 3600)
+    rows, *_ = on_jobs_tick(settings, job.id)
+    assert rows[0][2] == "interrupted"
+    assert actions.job_status(settings, job.id)["status"] == "interrupted"

@@ -1,0 +1,280 @@
+"""What the app can do, as plain functions shared by the tabs and the named API endpoints.
+
+Each takes the Settings and plain values, returns plain data, and raises ValueError / LookupError
+with a message meant for the user (the API turns those into gradio errors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from finetune.counts import count_parameters
+from finetune.data import parse_file, write_rows
+from finetune.fields import SpecError
+from finetune.generate import GenerationParams, ModelCache
+from finetune.models import resolve_model
+from finetune.samples import SAMPLES
+from finetune.spec import parse_spec
+from jobs.queue import submit_job
+from storage.settings import Settings
+from storage.store import Dataset, Job, Store
+
+PLAYGROUND = ModelCache(capacity=1)  # the web process's one model cache
+PREVIEW_ROWS = 5
+
+
+def dataset_info(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "id": dataset.id,
+        "name": dataset.name,
+        "format": dataset.format,
+        "rows": dataset.rows,
+        "columns": dataset.columns,
+        "warnings": dataset.warnings,
+    }
+
+
+def upload_dataset(settings: Settings, file_path: str | Path, name: str = "") -> dict[str, Any]:
+    """Validate an uploaded file completely, then store it; a bad file stores nothing."""
+    if not file_path:
+        raise ValueError("Choose a file to upload.")
+    source = Path(file_path)
+    if not source.is_file():
+        raise ValueError("The uploaded file did not arrive; try again.")
+    size = source.stat().st_size
+    if size > settings.max_upload_mb * 2**20:
+        raise ValueError(
+            f"The file is {size / 2**20:.1f} MB; the limit is {settings.max_upload_mb} MB "
+            "(ADAPTERLAB_MAX_UPLOAD_MB)."
+        )
+    suffix = source.suffix.lower()
+    parsed = parse_file(source, suffix)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    store = Store(settings.data_dir)
+    existing = store.find_dataset_by_hash(digest)
+    if existing is not None:
+        info = dataset_info(existing)
+        info["warnings"] = [
+            *existing.warnings,
+            f"This file was uploaded before as '{existing.name}'; that dataset is used.",
+        ]
+        return info
+    staging = store.tmp_dir()
+    try:
+        shutil.copyfile(source, staging / f"original{suffix}")
+        write_rows(parsed.rows, staging / "rows.jsonl")
+        dataset = store.add_dataset(
+            staging,
+            name=(name or "").strip()[:200] or source.stem[:200] or "dataset",
+            format=parsed.format,
+            rows=len(parsed.rows),
+            columns=parsed.columns,
+            warnings=parsed.warnings,
+            source_file=f"original{suffix}",
+            content_hash=digest,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dataset_info(dataset)
+
+
+def add_sample(settings: Settings, sample: str) -> dict[str, Any]:
+    """Store a bundled sample as a dataset (once; later calls return the same one)."""
+    if sample not in SAMPLES:
+        raise ValueError(f"Unknown sample {sample!r} (known: {', '.join(SAMPLES)}).")
+    label, make_rows = SAMPLES[sample]
+    store = Store(settings.data_dir)
+    staging = store.tmp_dir()
+    try:
+        path = staging / f"{sample}.jsonl"
+        write_rows(make_rows(), path)
+        info = upload_dataset(settings, path, label)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    info["warnings"] = [w for w in info["warnings"] if "uploaded before" not in w]
+    return info
+
+
+def preview_dataset(settings: Settings, dataset_id: str, n: int = PREVIEW_ROWS) -> list[dict]:
+    from finetune.data import read_rows
+
+    store = Store(settings.data_dir)
+    dataset = store.get_dataset(dataset_id)
+    return read_rows(store.dataset_dir(dataset.id) / "rows.jsonl")[:n]
+
+
+def list_datasets(settings: Settings) -> list[dict[str, Any]]:
+    return [dataset_info(d) for d in Store(settings.data_dir).list_datasets()]
+
+
+def estimate(settings: Settings, spec: Any) -> dict[str, Any]:
+    """Trainable and total parameters for a spec, exact, without loading weights."""
+    parsed = parse_spec(spec)
+    model = resolve_model(parsed.base_model, settings.models_dir)
+    counts = count_parameters(
+        model, parsed.method, parsed.method_params, settings.allow_remote_code
+    )
+    return {
+        "trainable_params": counts.trainable,
+        "total_params": counts.total,
+        "trainable_percent": round(counts.percent, 4),
+    }
+
+
+def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
+    """Validate a spec (fields, dataset, model, target modules) and queue the job."""
+    parsed = parse_spec(spec)
+    store = Store(settings.data_dir)
+    try:
+        dataset = store.get_dataset(parsed.dataset_id)
+    except LookupError:
+        raise SpecError(f"dataset_id: no dataset {parsed.dataset_id!r}; upload one first") from None
+    counts = estimate(settings, spec)
+    name = parsed.name or f"{parsed.method} on {dataset.name}"
+    job = submit_job(settings, name, _spec_dict(parsed), dataset.id)
+    store.update_job(
+        job.id,
+        trainable_params=counts["trainable_params"],
+        total_params=counts["total_params"],
+    )
+    return {"job_id": job.id, "status": job.state.value, **counts}
+
+
+def _spec_dict(parsed) -> dict:
+    from dataclasses import asdict
+
+    return asdict(parsed)
+
+
+def job_info(settings: Settings, job: Job) -> dict[str, Any]:
+    metrics = Store(settings.data_dir).list_metrics(job.id)
+    loss = next((m.loss for m in reversed(metrics) if m.loss is not None), None)
+    eval_loss = next((m.eval_loss for m in reversed(metrics) if m.eval_loss is not None), None)
+    return {
+        "job_id": job.id,
+        "name": job.name,
+        "status": job.state.value,
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "loss": loss,
+        "eval_loss": eval_loss,
+        "error": job.error,
+        "adapter_id": job.adapter_id,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def _settled_store(settings: Settings) -> Store:
+    """The store, after marking jobs whose process died (stale heartbeat) as interrupted."""
+    store = Store(settings.data_dir)
+    store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
+    return store
+
+
+def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
+    return job_info(settings, _settled_store(settings).get_job(job_id))
+
+
+def cancel_job(settings: Settings, job_id: str) -> dict[str, Any]:
+    store = Store(settings.data_dir)
+    job = store.get_job(job_id)
+    if job.state.finished:
+        raise ValueError(f"Job {job_id} has already ended ({job.state.value}).")
+    state = store.cancel_job(job_id)
+    return {"job_id": job_id, "status": state.value}
+
+
+def list_jobs(settings: Settings) -> list[dict[str, Any]]:
+    return [job_info(settings, j) for j in _settled_store(settings).list_jobs()]
+
+
+def list_adapters(settings: Settings) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": a.id,
+            "name": a.name,
+            "base_model": a.base_model,
+            "method": a.method,
+            "trainable_params": a.trainable_params,
+            "total_params": a.total_params,
+            "size_bytes": a.size_bytes,
+            "job_id": a.job_id,
+            "created_at": a.created_at,
+        }
+        for a in Store(settings.data_dir).list_adapters()
+    ]
+
+
+def generate(
+    settings: Settings,
+    base_model: str,
+    adapter_ids: list[str | None],
+    prompt: str,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Answers of the base (None) and of each adapter to one prompt, same settings and seed."""
+    if not prompt or not prompt.strip():
+        raise ValueError("Type a prompt first.")
+    if not adapter_ids:
+        adapter_ids = [None]
+    store = Store(settings.data_dir)
+    model = resolve_model(base_model, settings.models_dir)
+    entries: list[tuple[str, Path] | None] = []
+    for adapter_id in adapter_ids:
+        if adapter_id is None:
+            entries.append(None)
+            continue
+        adapter = store.get_adapter(adapter_id)
+        if resolve_model(adapter.base_model, settings.models_dir) != model:
+            raise ValueError(
+                f"Adapter {adapter_id} was trained on {adapter.base_model}, not {base_model}."
+            )
+        entries.append((adapter.id, store.adapter_dir(adapter.id)))
+    gen = _generation_params(params or {})
+    outputs = PLAYGROUND.generate(model, entries, prompt, gen, settings.allow_remote_code)
+    return {"outputs": outputs}
+
+
+def _generation_params(params: dict[str, Any]) -> GenerationParams:
+    known = GenerationParams.__dataclass_fields__
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"params.{unknown[0]}: unknown field (known: {', '.join(known)})")
+    try:
+        gen = GenerationParams(**params)
+        if not 1 <= int(gen.max_new_tokens) <= 2048:
+            raise ValueError("params.max_new_tokens: must be from 1 to 2048")
+        if not 0 <= float(gen.temperature) <= 5:
+            raise ValueError("params.temperature: must be from 0 to 5")
+        return GenerationParams(
+            max_new_tokens=int(gen.max_new_tokens),
+            temperature=float(gen.temperature),
+            top_p=float(gen.top_p),
+            seed=int(gen.seed),
+            system_prompt=str(gen.system_prompt or ""),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def download_adapter(settings: Settings, adapter_id: str) -> Path:
+    """The adapter folder as a .zip (adapter files, model card, recipe), built once."""
+    store = Store(settings.data_dir)
+    adapter = store.get_adapter(adapter_id)
+    folder = store.adapter_dir(adapter.id)
+    target = store.data_dir / "downloads" / f"{adapter.id}.zip"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".zip.part")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    zf.write(path, f"{adapter.id}/{path.relative_to(folder)}")
+        partial.rename(target)
+    return target

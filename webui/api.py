@@ -1,0 +1,111 @@
+"""The named API endpoints (gradio_client): each calls the same action the UI uses."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from storage.settings import Settings
+from webui import actions
+
+
+def user_errors(fn: Callable) -> Callable:
+    """A user's mistake reaches the client as a gradio error with the same message the UI shows."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, LookupError) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    return wrapper
+
+
+def register_api(settings: Settings) -> None:
+    """Call inside the Blocks context."""
+
+    def start_job(spec: dict) -> dict:
+        """Validate a job spec and queue it -> {job_id, status, trainable_params, ...}."""
+        return actions.start_job(settings, spec)
+
+    def estimate(spec: dict) -> dict:
+        """Trainable and total parameters of a spec, exact, without loading weights."""
+        return actions.estimate(settings, spec)
+
+    def job_status(job_id: str) -> dict:
+        """{job_id, status, step, total_steps, loss, eval_loss, error, adapter_id, ...}."""
+        return actions.job_status(settings, job_id)
+
+    def cancel_job(job_id: str) -> dict:
+        """Cancel a queued job, or stop a running one after its current step."""
+        return actions.cancel_job(settings, job_id)
+
+    def list_jobs() -> list:
+        return actions.list_jobs(settings)
+
+    def list_datasets() -> list:
+        return actions.list_datasets(settings)
+
+    def list_adapters() -> list:
+        return actions.list_adapters(settings)
+
+    def add_sample(sample: str) -> dict:
+        """Store a bundled sample ('arithmetic' or 'chatterbot') as a dataset."""
+        return actions.add_sample(settings, sample)
+
+    def generate(
+        base_model: str,
+        adapter_ids: list[str | None],
+        prompt: str,
+        params: dict | None = None,
+    ) -> dict:
+        """Answers of the base (null) and each adapter -> {outputs: [{adapter, text, ...}]}."""
+        return actions.generate(settings, base_model, adapter_ids, prompt, params)
+
+    for fn in (
+        start_job,
+        estimate,
+        job_status,
+        cancel_job,
+        list_jobs,
+        list_datasets,
+        list_adapters,
+        add_sample,
+        generate,
+    ):
+        gr.api(user_errors(fn), api_name=fn.__name__)
+
+    # Endpoints that take or return a file need file components; they stay out of sight.
+    with gr.Column(visible=False):
+        file_in = gr.File(type="filepath")
+        name_in = gr.Textbox()
+        info_out = gr.JSON()
+        adapter_in = gr.Textbox()
+        zip_out = gr.File()
+        upload_button = gr.Button()
+        download_button = gr.Button()
+
+    def upload_dataset(file: str, name: str = "") -> dict[str, Any]:
+        """Upload a JSON / JSONL / CSV file -> {id, name, format, rows, columns, warnings}."""
+        return actions.upload_dataset(settings, file, name)
+
+    def download_adapter(adapter_id: str) -> str:
+        """The adapter folder as a .zip file."""
+        return str(actions.download_adapter(settings, adapter_id))
+
+    upload_button.click(
+        user_errors(upload_dataset),
+        [file_in, name_in],
+        info_out,
+        api_name="upload_dataset",
+    )
+    download_button.click(
+        user_errors(download_adapter),
+        [adapter_in],
+        zip_out,
+        api_name="download_adapter",
+    )

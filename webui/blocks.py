@@ -1,0 +1,78 @@
+"""The whole UI: one tab per module, the named API, and the refreshes between tabs."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from storage.settings import Settings
+from webui.adapters_tab import adapters_rows, build_adapters_tab
+from webui.api import register_api
+from webui.data_tab import build_data_tab, datasets_rows
+from webui.jobs_tab import build_jobs_tab
+from webui.playground_tab import adapter_choices, build_playground_tab
+from webui.train_tab import build_train_tab, dataset_choices, on_form_change
+
+THEME = gr.themes.Soft(primary_hue="orange")
+
+
+def build_app(settings: Settings) -> gr.Blocks:
+    with gr.Blocks(title="AdapterLab") as app:
+        gr.Markdown(
+            "# AdapterLab\nFine-tune a model with PEFT: data → train → jobs → try → download."
+        )
+        with gr.Tabs():
+            with gr.Tab("Data", id="data"):
+                data = build_data_tab(settings)
+            with gr.Tab("Train", id="train") as train_tab:
+                form = build_train_tab(settings)
+            with gr.Tab("Jobs", id="jobs"):
+                build_jobs_tab(settings)
+            with gr.Tab("Playground", id="playground") as playground_tab:
+                playground = build_playground_tab(settings)
+            with gr.Tab("Adapters", id="adapters") as adapters_tab:
+                adapters = build_adapters_tab(settings)
+        register_api(settings)
+
+        # Each tab reads storage when shown, so what another tab (or browser) did appears.
+        train_tab.select(
+            lambda current: _refresh_choices(dataset_choices(settings), current),
+            inputs=[form.dataset],
+            outputs=[form.dataset],
+            api_visibility="private",
+        )
+        playground_tab.select(
+            lambda current: _refresh_choices(adapter_choices(settings), current),
+            inputs=[playground.adapter_dropdown],
+            outputs=[playground.adapter_dropdown],
+            api_visibility="private",
+        )
+        refresh_adapters = {
+            "fn": lambda current: (
+                adapters_rows(settings),
+                _refresh_choices(adapter_choices(settings), current),
+            ),
+            "inputs": [adapters.adapter_dropdown],
+            "outputs": [adapters.adapters_table, adapters.adapter_dropdown],
+            "api_visibility": "private",
+        }
+        adapters_tab.select(**refresh_adapters)
+        app.load(**refresh_adapters)
+        app.load(
+            lambda: datasets_rows(settings),
+            outputs=[data.datasets_table],
+            api_visibility="private",
+        )
+        app.load(
+            lambda data: on_form_change(settings, form, data),
+            inputs=form.inputs(),
+            outputs=[form.counts_md],
+            api_visibility="private",
+        )
+    return app
+
+
+def _refresh_choices(choices: list[tuple[str, str]], current: str | None):
+    values = [value for _, value in choices]
+    if current not in values:
+        current = values[0] if values else None
+    return gr.update(choices=choices, value=current)

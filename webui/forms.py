@@ -1,0 +1,58 @@
+"""Form components built from registry fields, and reading their values back by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from finetune.fields import Field
+
+
+def field_component(field: Field, value: Any = None, choices: list[str] | None = None):
+    """The component for one field; `value` overrides the field's default in the form."""
+    value = field.default if value is None else value
+    if field.kind is bool:
+        return gr.Checkbox(value=value, label=field.label, info=field.help)
+    if field.kind is list:
+        return gr.Dropdown(
+            choices=choices or list(value or []),
+            value=list(value or []),
+            multiselect=True,
+            allow_custom_value=True,
+            label=field.label,
+            info=field.help,
+        )
+    if field.kind is str and field.choices:
+        return gr.Dropdown(
+            choices=list(field.choices), value=value, label=field.label, info=field.help
+        )
+    if field.kind in (int, float):
+        return gr.Number(
+            value=value,
+            label=field.label,
+            info=field.help,
+            minimum=field.minimum,
+            maximum=field.maximum,
+            precision=0 if field.kind is int else None,
+        )
+    return gr.Textbox(value=value, label=field.label, info=field.help)
+
+
+def read_values(components: dict[str, Any], data: dict) -> dict[str, Any]:
+    """{field name: value} from a handler's {component: value} input (never by position)."""
+    return {name: data[component] for name, component in components.items()}
+
+
+def base_model_dropdown(models_dir, info: str | None = None) -> gr.Dropdown:
+    """Prepared models to pick from, or any local folder / Hub id typed in."""
+    from finetune.models import list_local_models
+
+    models = list_local_models(models_dir)
+    return gr.Dropdown(
+        choices=models,
+        value=models[0] if models else None,
+        allow_custom_value=True,
+        label="Base model",
+        info=info,
+    )

@@ -1,0 +1,170 @@
+"""Jobs tab: every job and its state; the selected one's progress, curves, recipe, error, Cancel."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from storage.settings import Settings
+from storage.store import Job, JobState, Store
+from webui import actions
+
+REFRESH_S = 2.0
+
+
+@dataclass
+class JobsTab:
+    job_dropdown: gr.Dropdown
+    timer: gr.Timer
+
+
+def jobs_rows(jobs: list[Job]) -> list[list]:
+    return [
+        [
+            j.name,
+            j.id,
+            j.state.value,
+            f"{j.step}/{j.total_steps or '?'}",
+            _when(j.created_at),
+        ]
+        for j in jobs
+    ]
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def progress_html(job: Job) -> str:
+    total = job.total_steps or 0
+    fraction = min(job.step / total, 1.0) if total else 0.0
+    if job.state == JobState.SUCCEEDED:
+        fraction = 1.0
+    eta = ""
+    if job.state == JobState.RUNNING and job.started_at and job.step and total:
+        elapsed = time.time() - job.started_at
+        eta = f" · about {_duration(elapsed / job.step * (total - job.step))} left"
+    elif job.finished_at and job.started_at:
+        eta = f" · took {_duration(job.finished_at - job.started_at)}"
+    return (
+        f"<div><b>{job.state.value}</b> · step {job.step} of {total or '?'}{eta}</div>"
+        f'<div style="background:#e5e7eb;border-radius:6px;height:14px;margin-top:6px">'
+        f'<div class="job-progress" style="width:{fraction * 100:.1f}%;height:14px;'
+        f'border-radius:6px;background:#f97316"></div></div>'
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def curves(store: Store, job_id: str) -> pd.DataFrame:
+    rows = []
+    for m in store.list_metrics(job_id):
+        if m.loss is not None:
+            rows.append({"step": m.step, "value": m.loss, "series": "loss"})
+        if m.eval_loss is not None:
+            rows.append({"step": m.step, "value": m.eval_loss, "series": "eval loss"})
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def on_jobs_tick(settings: Settings, selected: str | None):
+    store = Store(settings.data_dir)
+    store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
+    jobs = store.list_jobs()
+    ids = [j.id for j in jobs]
+    if selected not in ids:
+        selected = ids[0] if ids else None
+    choices = [(f"{j.name} · {j.state.value} · {j.id}", j.id) for j in jobs]
+    if selected is None:
+        return (
+            jobs_rows(jobs),
+            gr.update(choices=choices, value=None),
+            "No jobs yet.",
+            curves(store, "job-000000000000"),
+            "",
+            "",
+            gr.update(interactive=False),
+        )
+    job = next(j for j in jobs if j.id == selected)
+    error = ""
+    if job.error:
+        error = f"**{job.error}**"
+        if job.error_detail:
+            error += f"\n\n```\n{job.error_detail[-3000:]}\n```"
+    return (
+        jobs_rows(jobs),
+        gr.update(choices=choices, value=selected),
+        progress_html(job),
+        curves(store, job.id),
+        json.dumps(job.spec, indent=2),
+        error,
+        gr.update(interactive=not job.state.finished),
+    )
+
+
+def on_cancel_click(settings: Settings, job_id: str | None) -> str:
+    if not job_id:
+        return "Select a job first."
+    try:
+        result = actions.cancel_job(settings, job_id)
+    except (ValueError, LookupError) as exc:
+        return f"❌ {exc}"
+    if result["status"] == JobState.CANCELLED:
+        return f"Job `{job_id}` was cancelled before it started."
+    return f"Job `{job_id}` will stop after its current step and keep its weights."
+
+
+def build_jobs_tab(settings: Settings) -> JobsTab:
+    jobs_table = gr.Dataframe(
+        headers=["name", "id", "state", "step", "created"],
+        label="Jobs",
+        interactive=False,
+    )
+    job_dropdown = gr.Dropdown(label="Job", choices=[], allow_custom_value=True)
+    progress = gr.HTML()
+    with gr.Row():
+        loss_plot = gr.LinePlot(
+            x="step",
+            y="value",
+            color="series",
+            title="Loss",
+            height=280,
+            label="Loss curve",
+        )
+    with gr.Row():
+        cancel_button = gr.Button("Cancel job", variant="stop", interactive=False)
+        cancel_md = gr.Markdown()
+    error_md = gr.Markdown()
+    recipe_code = gr.Code(label="Recipe (the job's spec)", language="json")
+    timer = gr.Timer(REFRESH_S)
+    outputs = [
+        jobs_table,
+        job_dropdown,
+        progress,
+        loss_plot,
+        recipe_code,
+        error_md,
+        cancel_button,
+    ]
+    refresh = {
+        "fn": lambda s: on_jobs_tick(settings, s),
+        "inputs": [job_dropdown],
+        "outputs": outputs,
+        "api_visibility": "private",
+        "show_progress": "hidden",
+    }
+    timer.tick(**refresh)
+    job_dropdown.input(**refresh)
+    cancel_button.click(
+        lambda j: on_cancel_click(settings, j),
+        inputs=[job_dropdown],
+        outputs=[cancel_md],
+        api_visibility="private",
+    )
+    return JobsTab(job_dropdown=job_dropdown, timer=timer)
