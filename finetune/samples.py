@@ -56,6 +56,6 @@ def chatterbot_rows() -> list[dict]:
 
 
 SAMPLES = {
-    "arithmetic": ("Sample: arithmetic (2,000 rows)", arithmetic_rows),
+    "arithmetic": ("Sample: arithmetic", arithmetic_rows),
     "chatterbot": ("Sample: chatterbot chat pairs", chatterbot_rows),
 }

@@ -13,7 +13,7 @@ from webui.blocks import build_app
 from webui.data_tab import on_sample_click, on_upload_click
 from webui.jobs_tab import on_cancel_click, on_jobs_tick, progress_html
 from webui.playground_tab import on_generate_click
-from webui.train_tab import build_train_tab, on_form_change, on_start_click
+from webui.train_tab import build_train_tab, on_form_change, on_start_click, read_form
 
 API = {
     "upload_dataset",
@@ -47,7 +47,7 @@ def test_upload_handler_reports_and_stores_nothing_on_error(settings, store, tmp
     bad = tmp_path / "bad.csv"
     bad.write_text("question,answer\na,b\n")
     message, table = on_upload_click(settings, str(bad), "")
-    assert message.startswith("❌ **Not stored.**") and "None of the known columns" in message
+    assert message.startswith("**Not stored.**") and "None of the known columns" in message
     assert store.list_datasets() == []
     good = tmp_path / "good.csv"
     good.write_text("prompt,completion\nHi?,Hello.\n")
@@ -80,16 +80,29 @@ def test_form_counts_and_start(with_tiny):
     form, data = filled_form(with_tiny, r=4)
     counts = on_form_change(with_tiny, form, data)
     assert counts.startswith("**Trainable parameters:")
-    assert "⚠️" in on_form_change(with_tiny, *filled_form(with_tiny, r=0))
+    assert "**Cannot count:** method_params.r" in on_form_change(
+        with_tiny, *filled_form(with_tiny, r=0)
+    )
     message = on_start_click(with_tiny, form, data)
-    assert message.startswith("❌ **Not started.** dataset_id")
+    assert message.startswith("**Not started.** dataset_id")
     dataset = actions.add_sample(with_tiny, "arithmetic")
     form, data = filled_form(with_tiny, dataset=dataset["id"], r=4, max_steps=2)
     message = on_start_click(with_tiny, form, data)
-    assert message.startswith("✅ Job `job-")
+    assert message.startswith("**Started.** Job `job-")
     job = Store(with_tiny.data_dir).list_jobs()[0]
     assert job.state == JobState.QUEUED
     assert job.spec["method_params"]["r"] == 4 and job.spec["training"]["max_steps"] == 2
+    assert job.spec["training"]["epochs"] is None, "an empty (0) epochs box means not set"
+
+
+def test_form_reads_zero_as_not_set(with_tiny):
+    form, data = filled_form(with_tiny)
+    assert data[form.training_inputs["epochs"]] == 0, "the box shows 0, not an empty value"
+    training = read_form(form, data)["training"]
+    assert (training["epochs"], training["max_steps"]) == (None, 30)
+    form, data = filled_form(with_tiny, epochs=2, max_steps=0)
+    training = read_form(form, data)["training"]
+    assert (training["epochs"], training["max_steps"]) == (2, None)
 
 
 def test_jobs_tick_and_cancel(settings, store):
@@ -149,9 +162,9 @@ def test_playground_handler(with_tiny):
     base, adapter = on_generate_click(with_tiny, "tiny", None, "What is 1 + 2?", "", 5, 0, 0)
     assert "tokens/s" in base and adapter == "(pick an adapter to compare)"
     base, _ = on_generate_click(with_tiny, "tiny", None, "  ", "", 5, 0, 0)
-    assert base == "❌ Type a prompt first."
+    assert base == "Error: Type a prompt first."
     base, _ = on_generate_click(with_tiny, "tiny", "ad-0123456789ab", "hi", "", 5, 0, 0)
-    assert base == "❌ adapter ad-0123456789ab does not exist"
+    assert base == "Error: adapter ad-0123456789ab does not exist"
 
 
 def test_status_readers_settle_jobs_whose_process_died(settings, store):

@@ -26,7 +26,7 @@ def describe(info: dict, preview: list[dict]) -> str:
         f"**{info['name']}** (`{info['id']}`): {info['rows']:,} rows, format `{info['format']}`, "
         f"columns: {', '.join(info['columns'])}."
     ]
-    lines += [f"- ⚠️ {w}" for w in info["warnings"]]
+    lines += [f"- Warning: {w}" for w in info["warnings"]]
     lines.append("\nFirst rows, as chat turns:")
     for i, row in enumerate(preview, start=1):
         turns = " → ".join(f"*{t['role']}*: {t['content'][:160]}" for t in row["messages"])
@@ -38,15 +38,15 @@ def on_upload_click(settings: Settings, file_path: str | None, name: str):
     try:
         info = actions.upload_dataset(settings, file_path, name)
     except (ValueError, LookupError) as exc:
-        return f"❌ **Not stored.** {exc}", gr.update()
+        return f"**Not stored.** {exc}", gr.update()
     preview = actions.preview_dataset(settings, info["id"])
-    return "✅ " + describe(info, preview), datasets_rows(settings)
+    return "**Stored.** " + describe(info, preview), datasets_rows(settings)
 
 
 def on_sample_click(settings: Settings, sample: str):
     info = actions.add_sample(settings, sample)
     preview = actions.preview_dataset(settings, info["id"])
-    return "✅ " + describe(info, preview), datasets_rows(settings)
+    return "**Stored.** " + describe(info, preview), datasets_rows(settings)
 
 
 def build_data_tab(settings: Settings) -> DataTab:

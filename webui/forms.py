@@ -28,10 +28,11 @@ def field_component(field: Field, value: Any = None, choices: list[str] | None =
             choices=list(field.choices), value=value, label=field.label, info=field.help
         )
     if field.kind in (int, float):
+        # A number box cannot be empty: for an optional field, 0 stands for "not set".
         return gr.Number(
-            value=value,
+            value=0 if value is None and field.optional else value,
             label=field.label,
-            info=field.help,
+            info=f"{field.help} (0: not set)" if field.optional else field.help,
             minimum=field.minimum,
             maximum=field.maximum,
             precision=0 if field.kind is int else None,
@@ -39,9 +40,13 @@ def field_component(field: Field, value: Any = None, choices: list[str] | None =
     return gr.Textbox(value=value, label=field.label, info=field.help)
 
 
-def read_values(components: dict[str, Any], data: dict) -> dict[str, Any]:
+def read_values(fields: tuple[Field, ...], components: dict[str, Any], data: dict) -> dict:
     """{field name: value} from a handler's {component: value} input (never by position)."""
-    return {name: data[component] for name, component in components.items()}
+    values = {}
+    for field in fields:
+        value = data[components[field.name]]
+        values[field.name] = None if field.optional and value in (0, None) else value
+    return values
 
 
 def base_model_dropdown(models_dir, info: str | None = None) -> gr.Dropdown:

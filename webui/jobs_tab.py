@@ -114,7 +114,7 @@ def on_cancel_click(settings: Settings, job_id: str | None) -> str:
     try:
         result = actions.cancel_job(settings, job_id)
     except (ValueError, LookupError) as exc:
-        return f"❌ {exc}"
+        return f"**Cannot cancel.** {exc}"
     if result["status"] == JobState.CANCELLED:
         return f"Job `{job_id}` was cancelled before it started."
     return f"Job `{job_id}` will stop after its current step and keep its weights."

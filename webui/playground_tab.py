@@ -40,7 +40,7 @@ def on_generate_click(
     try:
         outputs = actions.generate(settings, base_model, ids, prompt, params)["outputs"]
     except (ValueError, LookupError) as exc:
-        return f"❌ {exc}", ""
+        return f"Error: {exc}", ""
     texts = [_caption(o) for o in outputs]
     return texts[0], texts[1] if len(texts) > 1 else "(pick an adapter to compare)"
 

@@ -52,8 +52,10 @@ def read_form(form: TrainForm, data: dict) -> dict[str, Any]:
         "base_model": data[form.base_model] or "",
         "dataset_id": data[form.dataset] or "",
         "method": data[form.method],
-        "method_params": read_values(form.method_inputs, data),
-        "training": read_values(form.training_inputs, data),
+        "method_params": read_values(
+            get_method(data[form.method]).fields, form.method_inputs, data
+        ),
+        "training": read_values(TRAINING_FIELDS, form.training_inputs, data),
         "name": data[form.name] or None,
     }
 
@@ -64,7 +66,7 @@ def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
     try:
         est = actions.estimate(settings, spec)
     except (ValueError, LookupError) as exc:
-        return f"⚠️ {exc}"
+        return f"**Cannot count:** {exc}"
     return (
         f"**Trainable parameters: {est['trainable_params']:,}** of {est['total_params']:,} "
         f"(**{est['trainable_percent']:.3f}%**)"
@@ -75,9 +77,9 @@ def on_start_click(settings: Settings, form: TrainForm, data: dict) -> str:
     try:
         result = actions.start_job(settings, read_form(form, data))
     except (ValueError, LookupError) as exc:
-        return f"❌ **Not started.** {exc}"
+        return f"**Not started.** {exc}"
     return (
-        f"✅ Job `{result['job_id']}` is {result['status']}: "
+        f"**Started.** Job `{result['job_id']}` is {result['status']}: "
         f"{result['trainable_params']:,} trainable parameters "
         f"({result['trainable_percent']:.3f}%). Follow it in the **Jobs** tab."
     )
@@ -113,10 +115,11 @@ def build_train_tab(settings: Settings) -> TrainForm:
     gr.Markdown(f"**{lora.label}** ({lora.family}): {lora.description}")
     with gr.Row():
         method_inputs = {f.name: field_component(f) for f in lora.fields}
-    with gr.Row():
-        training_inputs = {
-            f.name: field_component(f, FORM_DEFAULTS.get(f.name)) for f in TRAINING_FIELDS
-        }
+    training_inputs = {}
+    for start in range(0, len(TRAINING_FIELDS), 4):
+        with gr.Row():
+            for f in TRAINING_FIELDS[start : start + 4]:
+                training_inputs[f.name] = field_component(f, FORM_DEFAULTS.get(f.name))
     name = gr.Textbox(label="Job name (optional)")
     counts_md = gr.Markdown()
     start_button = gr.Button("Start training", variant="primary")
