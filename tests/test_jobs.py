@@ -106,10 +106,32 @@ def test_job_trains_in_a_child_and_writes_the_adapter(worker_settings, dataset_i
     adapter = store.get_adapter(job.adapter_id)
     assert adapter.trainable_params == started["trainable_params"] and adapter.size_bytes > 0
     assert (store.job_dir(job.id) / "train.log").stat().st_size > 0
+    assert_adapter_trained_and_reloads(tiny_model, folder)
     status = actions.job_status(worker_settings, job.id)
     assert status["status"] == "succeeded"
     assert status["loss"] == [m.loss for m in metrics if m.loss is not None][-1]
     assert status["adapter_id"] == job.adapter_id and status["eval_loss"] is not None
+
+
+def assert_adapter_trained_and_reloads(base_path, folder):
+    """LoRA B starts at zero, so non-zero B means training moved it; the base stays untouched."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    saved = load_file(folder / "adapter_model.safetensors")
+    assert saved and all("lora_" in name for name in saved), "only adapter weights are saved"
+    assert all(t.abs().sum() > 0 for name, t in saved.items() if "lora_B" in name)
+    reference = AutoModelForCausalLM.from_pretrained(base_path).state_dict()
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), folder)
+    for name, param in model.base_model.model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(param, reference[name.replace(".base_layer", "")]), name
+    again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), folder)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
 
 
 def test_cancel_queued_and_running_jobs(worker_settings, dataset_id, tiny_model):
