@@ -176,3 +176,18 @@ def test_status_readers_settle_jobs_whose_process_died(settings, store):
     rows, *_ = on_jobs_tick(settings, job.id)
     assert rows[0][2] == "interrupted"
     assert actions.job_status(settings, job.id)["status"] == "interrupted"
+
+
+def test_curves_start_with_every_series_the_job_will_have(store):
+    from webui.jobs_tab import curves
+
+    job = store.add_job("j", {"training": {"eval_fraction": 0.1}}, None)
+    assert curves(store, job) is None, "no empty frame: the plot would fix its axes from it"
+    store.add_metric(job.id, step=1, loss=2.5)
+    frame = curves(store, job)
+    assert list(frame["series"]) == ["loss", "eval loss"]
+    assert frame["value"].isna().tolist() == [False, True]
+    assert str(frame["step"].dtype) == "int64" and str(frame["value"].dtype) == "float64"
+    no_eval = store.add_job("k", {"training": {"eval_fraction": 0.0}}, None)
+    store.add_metric(no_eval.id, step=1, loss=2.5)
+    assert list(curves(store, no_eval)["series"]) == ["loss"]

@@ -41,14 +41,14 @@ def on_download_click(settings: Settings, adapter_id: str | None):
 
 def build_adapters_tab(settings: Settings) -> AdaptersTab:
     adapters_table = gr.Dataframe(
-        headers=["name", "id", "method", "base model", "trainable", "size"],
+        headers=["name", "id", "method", "base model", "trainable", "size on disk"],
         label="Adapters",
         interactive=False,
     )
     with gr.Row():
-        adapter_dropdown = gr.Dropdown(label="Adapter", choices=[])
+        adapter_dropdown = gr.Dropdown(label="Adapter", choices=[], scale=2)
         zip_button = gr.Button("Prepare .zip")
-        zip_file = gr.File(label="Download", interactive=False)
+        zip_file = gr.File(label="Download", interactive=False, scale=2)
     zip_button.click(
         lambda a: on_download_click(settings, a),
         inputs=[adapter_dropdown],

@@ -33,7 +33,8 @@ def field_component(field: Field, value: Any = None, choices: list[str] | None =
             value=0 if value is None and field.optional else value,
             label=field.label,
             info=f"{field.help} (0: not set)" if field.optional else field.help,
-            minimum=field.minimum,
+            # Gradio checks bounds before the handler: 0 ("not set") must pass them.
+            minimum=None if field.optional else field.minimum,
             maximum=field.maximum,
             precision=0 if field.kind is int else None,
         )

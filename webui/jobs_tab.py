@@ -45,7 +45,9 @@ def progress_html(job: Job) -> str:
     if job.state == JobState.SUCCEEDED:
         fraction = 1.0
     eta = ""
-    if job.state == JobState.RUNNING and job.started_at and job.step and total:
+    if job.state == JobState.RUNNING and total and job.step >= total:
+        eta = " · saving the adapter"
+    elif job.state == JobState.RUNNING and job.started_at and job.step and total:
         elapsed = time.time() - job.started_at
         eta = f" · about {_duration(elapsed / job.step * (total - job.step))} left"
     elif job.finished_at and job.started_at:
@@ -63,14 +65,32 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def curves(store: Store, job_id: str) -> pd.DataFrame:
+def curves(store: Store, job: Job) -> pd.DataFrame | None:
+    """The job's loss curves; None until it has a point.
+
+    Gradio's LinePlot fixes its axis types and colour domain from the first value it draws and
+    only swaps the data after that: so no empty frame, and every series the job will have is there
+    from the first point (a series without a point yet gets one NaN row, which Vega skips).
+    """
     rows = []
-    for m in store.list_metrics(job_id):
+    for m in store.list_metrics(job.id):
         if m.loss is not None:
             rows.append({"step": m.step, "value": m.loss, "series": "loss"})
         if m.eval_loss is not None:
             rows.append({"step": m.step, "value": m.eval_loss, "series": "eval loss"})
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+    if not rows:
+        return None
+    series = ["loss"]
+    if job.spec.get("training", {}).get("eval_fraction"):
+        series.append("eval loss")
+    present = {r["series"] for r in rows}
+    rows += [
+        {"step": rows[0]["step"], "value": float("nan"), "series": name}
+        for name in series
+        if name not in present
+    ]
+    frame = pd.DataFrame(rows, columns=["step", "value", "series"])
+    return frame.astype({"step": "int64", "value": "float64", "series": "string"})
 
 
 def on_jobs_tick(settings: Settings, selected: str | None):
@@ -86,7 +106,7 @@ def on_jobs_tick(settings: Settings, selected: str | None):
             jobs_rows(jobs),
             gr.update(choices=choices, value=None),
             "No jobs yet.",
-            curves(store, "job-000000000000"),
+            None,
             "",
             "",
             gr.update(interactive=False),
@@ -101,7 +121,7 @@ def on_jobs_tick(settings: Settings, selected: str | None):
         jobs_rows(jobs),
         gr.update(choices=choices, value=selected),
         progress_html(job),
-        curves(store, job.id),
+        curves(store, job),
         json.dumps(job.spec, indent=2),
         error,
         gr.update(interactive=not job.state.finished),
@@ -134,7 +154,6 @@ def build_jobs_tab(settings: Settings) -> JobsTab:
             y="value",
             color="series",
             title="Loss",
-            height=280,
             label="Loss curve",
         )
     with gr.Row():

@@ -59,8 +59,8 @@ def build_playground_tab(settings: Settings) -> PlaygroundTab:
         )
     prompt_text = gr.Textbox(label="Prompt", value="What is 47 + 85?", lines=3)
     system_text = gr.Textbox(
-        label="System prompt (optional; use the one you trained with)",
-        placeholder="You are a calculator. Reply with the number only.",
+        label="System prompt (optional)",
+        info="Use the system message your training data had, if any; empty uses the model's own.",
     )
     with gr.Row():
         max_tokens_number = gr.Number(
