@@ -78,6 +78,7 @@ def serve(settings: Settings, with_worker: bool) -> None:
             theme=THEME,
             show_error=True,
             allowed_paths=[str(settings.data_dir / "downloads")],
+            max_file_size=f"{settings.max_upload_mb}mb",  # refused before it is stored
         )
     except KeyboardInterrupt:
         pass

@@ -20,16 +20,22 @@ class Counts:
         return 100.0 * self.trainable / max(self.total, 1)
 
 
-def count_parameters(
-    model: str, method_id: str, params: dict[str, Any], trust_remote_code: bool = False
-) -> Counts:
+def _meta_model(model: str, trust_remote_code: bool):
+    """The model's architecture with no weights: built in a fraction of a second, any size."""
     import torch
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     config = load_config(model, trust_remote_code)
     with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def count_parameters(
+    model: str, method_id: str, params: dict[str, Any], trust_remote_code: bool = False
+) -> Counts:
+    from peft import get_peft_model
+
+    base = _meta_model(model, trust_remote_code)
     method = get_method(method_id)
     try:
         peft_model = get_peft_model(base, method.build(params, "CAUSAL_LM"))
@@ -48,11 +54,8 @@ def count_parameters(
 def linear_module_names(model: str, trust_remote_code: bool = False) -> list[str]:
     """Distinct short names of the model's linear layers (q_proj, ...), read without weights."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    config = load_config(model, trust_remote_code)
-    with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    base = _meta_model(model, trust_remote_code)
     output = base.get_output_embeddings()
     return sorted(
         {

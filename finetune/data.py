@@ -87,7 +87,12 @@ def _read_json(text: str) -> list[Any]:
 def _read_csv(text: str, delimiter: str) -> list[Any]:
     try:
         reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-        return [dict(row) for row in reader]
+        rows = []
+        for number, row in enumerate(reader, start=1):
+            if None in row:  # DictReader files surplus cells under the key None
+                raise DataError(f"Row {number} has more cells than the header has columns.")
+            rows.append(row)
+        return rows
     except csv.Error as exc:
         raise DataError(f"The file is not valid CSV: {exc}.") from None
 

@@ -75,10 +75,6 @@ class ModelCache:
                     self._ensure_adapter(loaded, *entry)
             return [self._answer(loaded, entry, prompt, params) for entry in adapters]
 
-    def unload(self) -> None:
-        with self._lock:
-            self._models.clear()
-
     def _answer(self, loaded: _Loaded, entry, prompt: str, params: GenerationParams) -> dict:
         import contextlib
 
@@ -107,7 +103,9 @@ class ModelCache:
                 temperature=params.temperature if sampling else None,
                 top_p=params.top_p if sampling else None,
                 top_k=None,
-                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id
+                if tokenizer.pad_token_id is not None
+                else tokenizer.eos_token_id,
             )
         seconds = time.perf_counter() - start
         new_tokens = output[0][inputs["input_ids"].shape[1] :]

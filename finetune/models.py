@@ -74,24 +74,6 @@ def prepare_bundled(models_dir: Path, dtype: str = "bfloat16") -> Path:
     return target
 
 
-def main() -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Prepare the bundled base model (once).")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    args = parser.parse_args()
-    target = bundled_path(args.models_dir)
-    if is_prepared(target):
-        print(f"bundled model ready: {target}")
-        return
-    print(f"preparing the bundled model in {target} (about a minute, once)...", flush=True)
-    print(f"bundled model ready: {prepare_bundled(args.models_dir)}")
-
-
-if __name__ == "__main__":
-    main()
-
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -153,3 +135,21 @@ def load_config(model: str, trust_remote_code: bool = False):
         if Path(model).is_dir():
             raise ModelError(f"base_model: cannot read the config in {model}: {exc}") from None
         raise ModelError(_OFFLINE.format(model=model)) from None
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Prepare the bundled base model (once).")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    args = parser.parse_args()
+    target = bundled_path(args.models_dir)
+    if is_prepared(target):
+        print(f"bundled model ready: {target}")
+        return
+    print(f"preparing the bundled model in {target} (about a minute, once)...", flush=True)
+    print(f"bundled model ready: {prepare_bundled(args.models_dir)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -38,14 +38,12 @@ def to_prompt_completion(row: dict) -> dict:
 
 
 def split_rows(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """A seeded shuffle-split; at least one training row, and no eval rows for tiny sets."""
+    """A seeded shuffle-split; tiny sets get no eval rows."""
     import random
 
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    n_eval = int(len(rows) * eval_fraction)
-    if n_eval >= len(rows):
-        n_eval = len(rows) - 1
+    n_eval = int(len(rows) * eval_fraction)  # eval_fraction <= 0.5 leaves most rows to train
     return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
 
 

@@ -26,14 +26,20 @@ def run_job(settings: Settings, job_id: str) -> None:
     log_path = store.job_dir(job_id) / LOG_NAME
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     with log_path.open("ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "jobs.child", job_id],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "jobs.child", job_id],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            store.finish_job(
+                job_id, JobState.FAILED, f"The training process could not start: {exc}"
+            )
+            return
         logging.info("job %s started in process %d", job_id, child.pid)
         while child.poll() is None:
             store.heartbeat(job_id)

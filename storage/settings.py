@@ -23,10 +23,6 @@ class Settings:
     allow_remote_code: bool = False
 
     @property
-    def db_path(self) -> Path:
-        return self.data_dir / "app.db"
-
-    @property
     def queue_path(self) -> Path:
         return self.data_dir / "queue.db"
 

@@ -44,7 +44,11 @@ def new_id(prefix: str) -> str:
 
 def check_id(value: object, prefix: str) -> str:
     """Ids come back from users: accept only our own shape before it touches a path or query."""
-    if not isinstance(value, str) or not _ID_PATTERN.match(value) or not value.startswith(prefix):
+    if (
+        not isinstance(value, str)
+        or not _ID_PATTERN.fullmatch(value)
+        or not value.startswith(prefix)
+    ):
         raise NotFound(f"{value!r} is not a {_KIND[prefix]} id")
     return value
 

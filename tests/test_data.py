@@ -93,6 +93,7 @@ def test_formats_are_detected_and_normalized(tmp_path, name, text, fmt, first):
         ),
         ("a.jsonl", jsonl([1, 2]), "Row 1 is not an object"),
         ("a.txt", "hello", "not supported"),
+        ("a.csv", "prompt,completion\nq,a\nq,a,extra\n", "Row 2 has more cells than the header"),
     ],
 )
 def test_bad_files_say_what_and_where(tmp_path, name, text, message):

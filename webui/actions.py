@@ -7,8 +7,11 @@ with a message meant for the user (the API turns those into gradio errors).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import tempfile
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -135,19 +138,13 @@ def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
         raise SpecError(f"dataset_id: no dataset {parsed.dataset_id!r}; upload one first") from None
     counts = estimate(settings, spec)
     name = parsed.name or f"{parsed.method} on {dataset.name}"
-    job = submit_job(settings, name, _spec_dict(parsed), dataset.id)
+    job = submit_job(settings, name, asdict(parsed), dataset.id)
     store.update_job(
         job.id,
         trainable_params=counts["trainable_params"],
         total_params=counts["total_params"],
     )
     return {"job_id": job.id, "status": job.state.value, **counts}
-
-
-def _spec_dict(parsed) -> dict:
-    from dataclasses import asdict
-
-    return asdict(parsed)
 
 
 def job_info(settings: Settings, job: Job) -> dict[str, Any]:
@@ -271,10 +268,15 @@ def download_adapter(settings: Settings, adapter_id: str) -> Path:
     target = store.data_dir / "downloads" / f"{adapter.id}.zip"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".zip.part")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted(folder.rglob("*")):
-                if path.is_file():
-                    zf.write(path, f"{adapter.id}/{path.relative_to(folder)}")
-        partial.rename(target)
+        # A unique partial file: two downloads at once must not write into the same one.
+        fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file():
+                        zf.write(path, f"{adapter.id}/{path.relative_to(folder)}")
+            os.replace(partial, target)
+        finally:
+            Path(partial).unlink(missing_ok=True)
     return target

@@ -9,14 +9,14 @@ import gradio as gr
 from finetune.fields import Field
 
 
-def field_component(field: Field, value: Any = None, choices: list[str] | None = None):
+def field_component(field: Field, value: Any = None):
     """The component for one field; `value` overrides the field's default in the form."""
     value = field.default if value is None else value
     if field.kind is bool:
         return gr.Checkbox(value=value, label=field.label, info=field.help)
     if field.kind is list:
         return gr.Dropdown(
-            choices=choices or list(value or []),
+            choices=list(value or []),
             value=list(value or []),
             multiselect=True,
             allow_custom_value=True,
