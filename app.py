@@ -18,6 +18,7 @@ from storage.store import Store
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+RESTART_CHECK_S = 5.0
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[str, Settings]:
@@ -40,19 +41,42 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, Settings]:
     return command, from_args(args)
 
 
-def start_worker_process(settings: Settings) -> subprocess.Popen:
-    """The embedded worker is a separate process: a crash in training never takes the UI down."""
-    return subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "worker"],
-        env={**os.environ, **settings.to_env()},
-    )
+class EmbeddedWorker:
+    """The worker as a separate process, restarted if it dies: training never takes the UI down."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.stopping = threading.Event()
+        self.process = self._start()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _start(self) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "worker"],
+            env={**os.environ, **self.settings.to_env()},
+        )
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(RESTART_CHECK_S):
+            code = self.process.poll()
+            if code is not None and not self.stopping.is_set():
+                print(f"the worker exited ({code}); starting a new one", flush=True)
+                self.process = self._start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def serve(settings: Settings, with_worker: bool) -> None:
     store = Store(settings.data_dir)
     store.init()
     store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
-    worker = start_worker_process(settings) if with_worker else None
+    worker = EmbeddedWorker(settings) if with_worker else None
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -84,11 +108,7 @@ def serve(settings: Settings, with_worker: bool) -> None:
         pass
     finally:
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop()
 
 
 def _warm_imports() -> None:

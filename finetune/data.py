@@ -48,7 +48,8 @@ def read_records(path: Path, suffix: str) -> tuple[list[Any], list[str]]:
     if suffix in (".csv", ".tsv"):
         return _read_csv(text, "\t" if suffix == ".tsv" else ","), warnings
     raise DataError(
-        f"Files ending in {suffix or '(nothing)'} are not supported: use .json, .jsonl or .csv."
+        f"Files ending in {suffix or '(nothing)'} are not supported: "
+        "use .json, .jsonl, .csv or .tsv."
     )
 
 

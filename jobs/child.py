@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -16,17 +18,20 @@ from finetune.train import TrainResult, final_metrics, train, write_model_card
 from storage.settings import Settings, from_env
 from storage.store import JobState, Store
 
+_PR_SET_PDEATHSIG = 1
+
 
 class StoreReporter:
-    """The training run's voice: metrics rows, progress, and the cancel / orphan check."""
+    """The training run's voice: metrics rows, progress, and the stop checks between steps."""
 
     def __init__(self, store: Store, job_id: str):
         self.store, self.job_id = store, job_id
-        self.parent = os.getppid()
         self.history: list[dict] = []
-        self.orphaned = False
+        self.training = False  # set once the first step is about to run
+        self.shutdown = False  # SIGTERM: the worker or the app is stopping
 
     def started(self, total_steps: int, trainable_params: int, total_params: int) -> None:
+        self.training = True
         self.store.update_job(
             self.job_id,
             total_steps=total_steps,
@@ -40,10 +45,36 @@ class StoreReporter:
         self.store.update_job(self.job_id, step=step)
 
     def should_stop(self) -> bool:
-        if os.getppid() != self.parent:  # the worker died: stop, and leave the job to go stale
-            self.orphaned = True
-            return True
-        return self.store.heartbeat(self.job_id)
+        cancelled = self.store.heartbeat(self.job_id)
+        return cancelled or self.shutdown
+
+
+def stop_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the worker dies, even by SIGKILL (Linux; else a no-op)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def handle_sigterm(store: Store, job_id: str, reporter: StoreReporter) -> None:
+    """While training, stop after the step and keep the weights; before it, settle and exit now."""
+
+    def on_sigterm(signum, frame):
+        reporter.shutdown = True
+        if reporter.training:
+            return
+        if store.get_job(job_id).cancel_requested:
+            store.finish_job(job_id, JobState.CANCELLED, "Cancelled before training began.")
+        else:
+            store.finish_job(job_id, JobState.INTERRUPTED, _SHUTDOWN_BEFORE)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+_SHUTDOWN_BEFORE = "The worker or the app stopped before training began; nothing was lost."
 
 
 def plain_reason(exc: BaseException) -> str:
@@ -63,15 +94,14 @@ def plain_reason(exc: BaseException) -> str:
     return f"Training failed: {type(exc).__name__}: {text}"
 
 
-def run(settings: Settings, job_id: str) -> JobState:
+def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
     import torch
 
     torch.set_num_threads(settings.train_threads)
-    store = Store(settings.data_dir)
+    store = reporter.store
     job = store.get_job(job_id)
     spec: JobSpec = parse_spec(job.spec)
     job_dir = store.job_dir(job_id)
-    reporter = StoreReporter(store, job_id)
     scratch = None
     try:
         dataset = store.get_dataset(spec.dataset_id)
@@ -80,32 +110,12 @@ def run(settings: Settings, job_id: str) -> JobState:
         scratch = store.tmp_dir()
         staged = scratch / "adapter"
         result: TrainResult = train(
-            spec,
-            rows,
-            model,
-            job_dir / "trainer",
-            staged,
-            reporter,
-            settings.allow_remote_code,
+            spec, rows, model, job_dir / "trainer", staged, reporter, settings.allow_remote_code
         )
-        if reporter.orphaned:
-            checkpoint = job_dir / f"checkpoint-{result.step}"
-            staged.rename(checkpoint)
-            store.update_job(job_id, checkpoint=checkpoint.name)
-            return JobState.INTERRUPTED  # the app marks it once the heartbeat is stale
         if result.stopped:
-            checkpoint = job_dir / f"checkpoint-{result.step}"
-            staged.rename(checkpoint)
-            store.update_job(job_id, checkpoint=checkpoint.name)
-            store.finish_job(job_id, JobState.CANCELLED, "Cancelled; the last weights were kept.")
-            return JobState.CANCELLED
+            return _keep_checkpoint(store, job_id, staged, result, reporter.shutdown)
         write_model_card(
-            staged,
-            spec,
-            result,
-            spec.base_model,
-            dataset.name,
-            final_metrics(reporter.history),
+            staged, spec, result, spec.base_model, dataset.name, final_metrics(reporter.history)
         )
         adapter = store.add_adapter(
             staged,
@@ -129,12 +139,35 @@ def run(settings: Settings, job_id: str) -> JobState:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _keep_checkpoint(
+    store: Store, job_id: str, staged: Path, result: TrainResult, shutdown: bool
+) -> JobState:
+    """A run stopped early keeps what it learned in the job folder."""
+    checkpoint = store.job_dir(job_id) / f"checkpoint-{result.step}"
+    staged.rename(checkpoint)
+    store.update_job(job_id, checkpoint=checkpoint.name)
+    kept = f"the weights after step {result.step} are kept in {checkpoint.name}."
+    if shutdown and not store.get_job(job_id).cancel_requested:
+        store.finish_job(job_id, JobState.INTERRUPTED, f"The worker or the app stopped; {kept}")
+        return JobState.INTERRUPTED
+    store.finish_job(job_id, JobState.CANCELLED, f"Cancelled; {kept}")
+    return JobState.CANCELLED
+
+
 def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def main() -> None:
-    state = run(from_env(), sys.argv[1])
+    job_id = sys.argv[1]
+    settings = from_env()
+    store = Store(settings.data_dir)
+    reporter = StoreReporter(store, job_id)
+    handle_sigterm(store, job_id, reporter)  # before the slow imports in run()
+    stop_with_parent()
+    if os.getppid() == 1:  # the worker died before the line above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    state = run(settings, job_id, reporter)
     sys.exit(0 if state in (JobState.SUCCEEDED, JobState.CANCELLED) else 1)
 
 

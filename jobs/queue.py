@@ -9,7 +9,7 @@ from huey import SqliteHuey
 from huey.api import TaskWrapper
 
 from storage.settings import Settings
-from storage.store import Job, Store
+from storage.store import Job, JobState, Store
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,25 @@ def get_queue(settings: Settings) -> Queue:
 
 def submit_job(settings: Settings, name: str, spec: dict, dataset_id: str | None) -> Job:
     """Record the job as queued, then enqueue its id (the task opens the database itself)."""
-    job = Store(settings.data_dir).add_job(name=name, spec=spec, dataset_id=dataset_id)
-    get_queue(settings).run_job(job.id)
+    store = Store(settings.data_dir)
+    job = store.add_job(name=name, spec=spec, dataset_id=dataset_id)
+    try:
+        get_queue(settings).run_job(job.id)
+    except Exception as exc:  # a queued row with no task behind it would wait forever
+        store.claim_job(job.id)
+        store.finish_job(job.id, JobState.FAILED, f"The job could not be queued: {exc}")
+        raise
     return job
+
+
+def requeue_waiting(settings: Settings) -> int:
+    """Enqueue every queued job again (a worker skips any it cannot claim, so twice is harmless).
+
+    Covers a job whose task was lost: enqueued in a queue file since deleted, or taken by a
+    worker that died before it could claim it.
+    """
+    store = Store(settings.data_dir)
+    waiting = [j for j in reversed(store.list_jobs()) if j.state == JobState.QUEUED]
+    for job in waiting:
+        get_queue(settings).run_job(job.id)
+    return len(waiting)

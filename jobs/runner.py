@@ -41,13 +41,32 @@ def run_job(settings: Settings, job_id: str) -> None:
             )
             return
         logging.info("job %s started in process %d", job_id, child.pid)
+        cancel_seen = None
         while child.poll() is None:
-            store.heartbeat(job_id)
+            if store.heartbeat(job_id) and cancel_seen is None:
+                cancel_seen = time.monotonic()
+            if cancel_seen is not None and time.monotonic() - cancel_seen > settings.cancel_grace_s:
+                # The child stops by itself between steps; one that does not (still loading, or
+                # stuck) is told to, then made to.
+                stop(child, settings.cancel_grace_s)
+                break
             time.sleep(HEARTBEAT_EVERY_S)
-    code = child.returncode
+    code = child.wait()
     # The child settles its own state; if it died before it could, say why here.
-    if store.finish_job(job_id, JobState.FAILED, explain_exit(code), log_tail(log_path)):
+    if cancel_seen is not None:
+        settled = store.finish_job(job_id, JobState.CANCELLED, "Cancelled; the run was stopped.")
+    else:
+        settled = store.finish_job(job_id, JobState.FAILED, explain_exit(code), log_tail(log_path))
+    if settled:
         logging.info("job %s: child exited with %s before finishing", job_id, code)
+
+
+def stop(child: subprocess.Popen, grace_s: float) -> None:
+    child.terminate()
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
 
 
 def explain_exit(code: int) -> str:

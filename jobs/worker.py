@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from jobs.queue import get_queue
+from jobs.queue import get_queue, requeue_waiting
 from storage.settings import Settings
 from storage.store import Store
 
@@ -17,6 +17,7 @@ def run_worker(settings: Settings) -> None:
     stale = store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
     if stale:
         logging.info("marked interrupted (stale heartbeat): %s", ", ".join(stale))
+    requeue_waiting(settings)
     consumer = get_queue(settings).huey.create_consumer(
         workers=1,
         worker_type="thread",

@@ -19,6 +19,7 @@ class Settings:
     train_threads: int = 1  # torch threads in a CPU training job
     playground_threads: int = 1  # torch threads for generation in the web process
     heartbeat_timeout_s: float = 60.0  # a running job silent this long is interrupted
+    cancel_grace_s: float = 60.0  # a cancelled job not stopped by then is terminated
     max_upload_mb: int = 200
     allow_remote_code: bool = False
 

@@ -56,6 +56,12 @@ def jsonl(*rows) -> str:
             [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}],
         ),
         (
+            "a.tsv",
+            "prompt\tcompletion\nHi, you?\tFine.\n",
+            "prompt_completion",
+            [{"role": "user", "content": "Hi, you?"}, {"role": "assistant", "content": "Fine."}],
+        ),
+        (
             "a.csv",
             'prompt,completion\n"a, b",c\n',
             "prompt_completion",

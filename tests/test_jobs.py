@@ -20,31 +20,46 @@ from webui import actions
 TIMEOUT_S = 180
 
 
+CANCEL_GRACE_S = 3
+
+
+def start_worker(settings: Settings, log_path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "app.py",
+                "worker",
+                "--data-dir",
+                str(settings.data_dir),
+                "--models-dir",
+                str(settings.models_dir),
+            ],
+            cwd=PROJECT_ROOT,
+            env={
+                **os.environ,
+                "OMP_NUM_THREADS": "1",
+                "ADAPTERLAB_CANCEL_GRACE_S": str(CANCEL_GRACE_S),
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def new_settings(root) -> Settings:
+    settings = Settings(data_dir=root / "data", models_dir=root / "models")
+    Store(settings.data_dir).init()
+    return settings
+
+
 @pytest.fixture(scope="module")
 def worker_settings(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("jobs")
-    settings = Settings(data_dir=root / "data", models_dir=root / "models")
-    Store(settings.data_dir).init()
-    log = (root / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "app.py",
-            "worker",
-            "--data-dir",
-            str(settings.data_dir),
-            "--models-dir",
-            str(settings.models_dir),
-        ],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    settings = new_settings(root)
+    worker = start_worker(settings, root / "worker.log")
     yield settings
     worker.terminate()
     worker.wait(timeout=30)
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +193,43 @@ def test_a_killed_child_fails_the_job_in_plain_words(worker_settings, dataset_id
     assert "killed (SIGKILL)" in job.error and "out of memory" in job.error
     good = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
     assert wait_finished(worker_settings, good["job_id"]).state == JobState.SUCCEEDED
+
+
+def test_cancel_while_the_child_is_still_loading(worker_settings, dataset_id, tiny_model):
+    store = Store(worker_settings.data_dir)
+    started = actions.start_job(worker_settings, spec(tiny_model, dataset_id, max_steps=100000))
+    wait_until(lambda: store.get_job(started["job_id"]).state == JobState.RUNNING, "the start")
+    actions.cancel_job(worker_settings, started["job_id"])  # long before the first step ends
+    job = wait_finished(worker_settings, started["job_id"])
+    assert job.state == JobState.CANCELLED and job.error.startswith("Cancelled")
+    wait_until(lambda: child_of(job.id) is None, "the child process to exit")
+    good = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
+    assert wait_finished(worker_settings, good["job_id"]).state == JobState.SUCCEEDED
+
+
+def test_a_dead_worker_loses_no_work(tmp_path, tiny_model):
+    """A queued job with no task behind it runs when a worker starts; a worker killed mid-run
+    leaves its job interrupted, with the weights of its last step kept."""
+    settings = new_settings(tmp_path)
+    dataset_id = actions.add_sample(settings, "arithmetic")["id"]
+    store = Store(settings.data_dir)
+    orphan = store.add_job("no task", spec(tiny_model, dataset_id), dataset_id)  # never enqueued
+    worker = start_worker(settings, tmp_path / "worker.log")
+    try:
+        assert wait_finished(settings, orphan.id).state == JobState.SUCCEEDED
+        long_job = actions.start_job(settings, spec(tiny_model, dataset_id, max_steps=100000))
+        wait_until(lambda: store.get_job(long_job["job_id"]).step >= 1, "the first step")
+        child = child_of(long_job["job_id"])
+        worker.kill()
+        worker.wait(timeout=30)
+        job = wait_finished(settings, long_job["job_id"])
+        assert job.state == JobState.INTERRUPTED, job.error
+        assert "worker or the app stopped" in job.error and job.checkpoint in job.error
+        assert (store.job_dir(job.id) / job.checkpoint / "adapter_model.safetensors").is_file()
+        wait_until(
+            lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE,
+            "the orphaned child to exit",
+        )
+    finally:
+        if worker.poll() is None:
+            worker.kill()

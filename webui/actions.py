@@ -90,11 +90,17 @@ def add_sample(settings: Settings, sample: str) -> dict[str, Any]:
     if sample not in SAMPLES:
         raise ValueError(f"Unknown sample {sample!r} (known: {', '.join(SAMPLES)}).")
     label, make_rows = SAMPLES[sample]
+    try:
+        rows = make_rows()
+    except (ImportError, OSError) as exc:
+        raise ValueError(
+            f"The {sample} sample cannot be built here ({exc}); run `make run`."
+        ) from None
     store = Store(settings.data_dir)
     staging = store.tmp_dir()
     try:
         path = staging / f"{sample}.jsonl"
-        write_rows(make_rows(), path)
+        write_rows(rows, path)
         info = upload_dataset(settings, path, label)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -51,14 +51,14 @@ def on_sample_click(settings: Settings, sample: str):
 
 def build_data_tab(settings: Settings) -> DataTab:
     gr.Markdown(
-        "Upload a **JSON, JSONL or CSV** file with `messages` (chat turns), alpaca columns "
+        "Upload a **JSON, JSONL, CSV or TSV** file with `messages` (chat turns), alpaca columns "
         "(`instruction`, optional `input`, `output`) or `prompt` / `completion`; or pick a sample."
     )
     with gr.Row():
         with gr.Column():
             upload_file = gr.File(
                 label="Dataset file",
-                file_types=[".json", ".jsonl", ".csv"],
+                file_types=[".json", ".jsonl", ".csv", ".tsv"],
                 type="filepath",
             )
             name_text = gr.Textbox(label="Name (optional)", placeholder="my dataset")

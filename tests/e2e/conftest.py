@@ -24,6 +24,7 @@ class LaunchedApp:
     data_dir: Path
     models_dir: Path
     log: Path
+    pid: int
 
 
 def free_port() -> int:
@@ -80,7 +81,9 @@ def launched_app(tmp_path_factory) -> LaunchedApp:
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for(url, process, log)
-        yield LaunchedApp(url=url, data_dir=data_dir, models_dir=models_dir, log=log)
+        yield LaunchedApp(
+            url=url, data_dir=data_dir, models_dir=models_dir, log=log, pid=process.pid
+        )
     finally:
         process.terminate()
         try:

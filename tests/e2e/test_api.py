@@ -143,3 +143,38 @@ def test_bad_upload_is_refused_with_the_row(client, tmp_path):
     with pytest.raises(Exception, match=r"Row 2: the answer \('completion'\) is empty"):
         client.predict(handle_file(path), "bad", api_name="/upload_dataset")
     assert all(d["name"] != "bad" for d in client.predict(api_name="/list_datasets"))
+
+
+def test_a_dead_worker_is_replaced(client, launched_app, tmp_path):
+    import psutil
+
+    def worker():
+        app = psutil.Process(launched_app.pid)
+        for child in app.children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and child.cmdline()[-1:] == ["worker"]:
+                    return child
+            except psutil.NoSuchProcess:  # a killed worker until the app reaps it
+                continue
+        return None
+
+    first = worker()
+    assert first is not None, "python app.py starts an embedded worker process"
+    first.kill()
+    replacement = poll_until(lambda: (w := worker()) and w.pid != first.pid and w)
+    assert replacement.is_running()
+    info = client.predict(
+        handle_file(arithmetic_file(tmp_path)), "sums", api_name="/upload_dataset"
+    )
+    started = client.predict(spec(info["id"], max_steps=1), api_name="/start_job")
+    done = poll(client, started["job_id"], lambda s: s["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded", done["error"]
+
+
+def poll_until(predicate, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.5)
+    raise AssertionError("timed out")
