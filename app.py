@@ -73,9 +73,7 @@ class EmbeddedWorker:
 
 
 def serve(settings: Settings, with_worker: bool) -> None:
-    store = Store(settings.data_dir)
-    store.init()
-    store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
+    Store(settings.data_dir).init()
     worker = EmbeddedWorker(settings) if with_worker else None
 
     def stop(signum, frame):

@@ -71,14 +71,18 @@ MIGRATIONS: list[str] = [
 
 
 @contextmanager
-def connect(path: Path) -> Iterator[sqlite3.Connection]:
-    """One connection for one unit of work: committed on success, rolled back on error."""
+def connect(path: Path, write: bool = True) -> Iterator[sqlite3.Connection]:
+    """One connection for one unit of work: committed on success, rolled back on error.
+
+    Writers take the write lock up front (no upgrade deadlocks); readers take none, so in WAL
+    mode the UI's polling never waits behind, or holds up, a training job's writes.
+    """
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA foreign_keys = ON")
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         yield conn
         conn.execute("COMMIT")
     except BaseException:

@@ -192,14 +192,14 @@ class Store:
 
     def get_dataset(self, dataset_id: str) -> Dataset:
         check_id(dataset_id, "ds")
-        with connect(self.db_path) as db:
+        with connect(self.db_path, write=False) as db:
             row = db.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
         if row is None:
             raise NotFound(f"dataset {dataset_id} does not exist")
         return _dataset(row)
 
     def find_dataset_by_hash(self, content_hash: str) -> Dataset | None:
-        with connect(self.db_path) as db:
+        with connect(self.db_path, write=False) as db:
             row = db.execute(
                 "SELECT * FROM datasets WHERE content_hash = ? ORDER BY created_at LIMIT 1",
                 (content_hash,),
@@ -207,7 +207,7 @@ class Store:
         return _dataset(row) if row else None
 
     def list_datasets(self) -> list[Dataset]:
-        with connect(self.db_path) as db:
+        with connect(self.db_path, write=False) as db:
             rows = db.execute("SELECT * FROM datasets ORDER BY created_at DESC").fetchall()
         return [_dataset(r) for r in rows]
 
@@ -232,14 +232,14 @@ class Store:
 
     def get_job(self, job_id: str) -> Job:
         check_id(job_id, "job")
-        with connect(self.db_path) as db:
+        with connect(self.db_path, write=False) as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"job {job_id} does not exist")
         return _job(row)
 
     def list_jobs(self) -> list[Job]:
-        with connect(self.db_path) as db:
+        with connect(self.db_path, write=False) as db:
             rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC").fetchall()
         return [_job(r) for r in rows]
 
@@ -314,12 +314,9 @@ class Store:
         """Running jobs whose heartbeat stopped (their process died) become interrupted."""
         cutoff = time.time() - older_than_s
         stale_sql = "SELECT id FROM jobs WHERE state = ? AND COALESCE(heartbeat_at, 0) < ?"
-        conn = sqlite3.connect(self.db_path, timeout=30.0)
-        try:  # a plain read first: the usual answer is none, and then no write lock is taken
-            if conn.execute(stale_sql, (JobState.RUNNING, cutoff)).fetchone() is None:
+        with connect(self.db_path, write=False) as db:  # usually none: then no write lock
+            if db.execute(stale_sql, (JobState.RUNNING, cutoff)).fetchone() is None:
                 return []
-        finally:
-            conn.close()
         with connect(self.db_path) as db:
             ids = [r[0] for r in db.execute(stale_sql, (JobState.RUNNING, cutoff)).fetchall()]
             for job_id in ids:
@@ -336,12 +333,25 @@ class Store:
 
     def list_metrics(self, job_id: str) -> list[Metric]:
         check_id(job_id, "job")
-        with connect(self.db_path) as db:
+        with connect(self.db_path, write=False) as db:
             rows = db.execute(
                 "SELECT * FROM metrics WHERE job_id = ? ORDER BY step, created_at",
                 (job_id,),
             ).fetchall()
         return [_from_row(Metric, r) for r in rows]
+
+    def last_losses(self, job_id: str | None = None) -> dict[str, tuple[float | None, ...]]:
+        """{job id: (last loss, last eval loss)} for one job or all, in one query."""
+        last = (
+            "(SELECT {col} FROM metrics m WHERE m.job_id = j.id AND {col} IS NOT NULL"
+            " ORDER BY step DESC, created_at DESC LIMIT 1)"
+        )
+        sql = f"SELECT j.id, {last.format(col='loss')}, {last.format(col='eval_loss')} FROM jobs j"
+        args: tuple = ()
+        if job_id is not None:
+            sql, args = sql + " WHERE j.id = ?", (check_id(job_id, "job"),)
+        with connect(self.db_path, write=False) as db:
+            return {row[0]: (row[1], row[2]) for row in db.execute(sql, args)}
 
     # ---- adapters ----
     def add_adapter(self, staged: Path, **values) -> Adapter:
@@ -353,13 +363,13 @@ class Store:
 
     def get_adapter(self, adapter_id: str) -> Adapter:
         check_id(adapter_id, "ad")
-        with connect(self.db_path) as db:
+        with connect(self.db_path, write=False) as db:
             row = db.execute("SELECT * FROM adapters WHERE id = ?", (adapter_id,)).fetchone()
         if row is None:
             raise NotFound(f"adapter {adapter_id} does not exist")
         return _from_row(Adapter, row)
 
     def list_adapters(self) -> list[Adapter]:
-        with connect(self.db_path) as db:
+        with connect(self.db_path, write=False) as db:
             rows = db.execute("SELECT * FROM adapters ORDER BY created_at DESC").fetchall()
         return [_from_row(Adapter, r) for r in rows]

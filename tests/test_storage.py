@@ -100,3 +100,24 @@ def test_wrong_kind_of_id_is_refused(store):
         store.get_job("ds-0123456789ab")
     with pytest.raises(NotFound, match="does not exist"):
         store.get_job("job-0123456789ab")
+
+
+def test_last_losses_in_one_query(store):
+    first, second = store.add_job("a", {}, None), store.add_job("b", {}, None)
+    store.add_metric(first.id, step=1, loss=3.0)
+    store.add_metric(first.id, step=2, loss=2.0)
+    store.add_metric(first.id, step=2, eval_loss=2.5)
+    store.add_metric(first.id, step=3, loss=1.0)
+    assert store.last_losses() == {first.id: (1.0, 2.5), second.id: (None, None)}
+    assert store.last_losses(second.id) == {second.id: (None, None)}
+
+
+def test_a_reader_does_not_wait_for_a_writer(store):
+    """WAL: a read while another connection holds the write lock answers at once."""
+    from storage.db import connect
+
+    job = store.add_job("a", {}, None)
+    with connect(store.db_path) as writer:
+        writer.execute("UPDATE jobs SET step = 7 WHERE id = ?", (job.id,))
+        assert store.get_job(job.id).step == 0, "the reader sees the last committed state"
+    assert store.get_job(job.id).step == 7

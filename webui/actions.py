@@ -153,10 +153,8 @@ def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
     return {"job_id": job.id, "status": job.state.value, **counts}
 
 
-def job_info(settings: Settings, job: Job) -> dict[str, Any]:
-    metrics = Store(settings.data_dir).list_metrics(job.id)
-    loss = next((m.loss for m in reversed(metrics) if m.loss is not None), None)
-    eval_loss = next((m.eval_loss for m in reversed(metrics) if m.eval_loss is not None), None)
+def job_info(job: Job, losses: tuple[float | None, ...]) -> dict[str, Any]:
+    loss, eval_loss = losses
     return {
         "job_id": job.id,
         "name": job.name,
@@ -181,7 +179,9 @@ def _settled_store(settings: Settings) -> Store:
 
 
 def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
-    return job_info(settings, _settled_store(settings).get_job(job_id))
+    store = _settled_store(settings)
+    job = store.get_job(job_id)
+    return job_info(job, store.last_losses(job.id)[job.id])
 
 
 def cancel_job(settings: Settings, job_id: str) -> dict[str, Any]:
@@ -194,7 +194,9 @@ def cancel_job(settings: Settings, job_id: str) -> dict[str, Any]:
 
 
 def list_jobs(settings: Settings) -> list[dict[str, Any]]:
-    return [job_info(settings, j) for j in _settled_store(settings).list_jobs()]
+    store = _settled_store(settings)
+    losses = store.last_losses()
+    return [job_info(j, losses.get(j.id, (None, None))) for j in store.list_jobs()]
 
 
 def list_adapters(settings: Settings) -> list[dict[str, Any]]:
