@@ -51,9 +51,12 @@ class EmbeddedWorker:
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _start(self) -> subprocess.Popen:
+        # Its own session: Ctrl-C reaches the app only, which then stops the worker with SIGTERM
+        # (huey takes SIGINT as "finish the running job first", which can take hours).
         return subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "worker"],
             env={**os.environ, **self.settings.to_env()},
+            start_new_session=True,
         )
 
     def _watch(self) -> None:
