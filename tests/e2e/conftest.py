@@ -47,14 +47,11 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 12
     raise RuntimeError(f"the app did not answer at {url}:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def launched_app(tmp_path_factory) -> LaunchedApp:
-    models_dir = bundled_models_dir()
-    if not (models_dir / "SmolLM2-135M-Instruct" / "config.json").is_file():
-        pytest.fail(f"the bundled model is not prepared in {models_dir}: run `make test`")
-    data_dir = tmp_path_factory.mktemp("e2e") / "data"
+def launch_app(
+    data_dir: Path, models_dir: Path, log: Path, new_session: bool = False
+) -> tuple[subprocess.Popen, str]:
+    """`python app.py` on a free port, one torch thread; returns the process once it answers."""
     port = free_port()
-    log = tmp_path_factory.mktemp("logs") / "app.log"
     env = {
         **os.environ,
         "ADAPTERLAB_TRAIN_THREADS": "1",
@@ -77,10 +74,26 @@ def launched_app(tmp_path_factory) -> LaunchedApp:
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for(url, process, log)
+    except BaseException:
+        process.kill()
+        raise
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def launched_app(tmp_path_factory) -> LaunchedApp:
+    models_dir = bundled_models_dir()
+    if not (models_dir / "SmolLM2-135M-Instruct" / "config.json").is_file():
+        pytest.fail(f"the bundled model is not prepared in {models_dir}: run `make test`")
+    data_dir = tmp_path_factory.mktemp("e2e") / "data"
+    log = tmp_path_factory.mktemp("logs") / "app.log"
+    process, url = launch_app(data_dir, models_dir, log)
+    try:
         yield LaunchedApp(
             url=url, data_dir=data_dir, models_dir=models_dir, log=log, pid=process.pid
         )

@@ -4,43 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from gradio_client import Client
 
 from storage.store import JobState, Store
-from tests.conftest import PROJECT_ROOT
-from tests.e2e.conftest import free_port, wait_for
+from tests.e2e.conftest import launch_app
 
 pytestmark = pytest.mark.e2e
 
 
 def test_ctrl_c_interrupts_the_job_and_keeps_a_checkpoint(tmp_path, tiny_model):
-    data_dir, port, log = tmp_path / "data", free_port(), tmp_path / "app.log"
-    with log.open("wb") as out:
-        app = subprocess.Popen(
-            [
-                sys.executable,
-                "app.py",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-                "--models-dir",
-                str(tmp_path / "models"),
-            ],
-            cwd=PROJECT_ROOT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a terminal's process group
-        )
+    data_dir, log = tmp_path / "data", tmp_path / "app.log"
+    # In a session of its own, as in a terminal: SIGINT to the group is Ctrl-C.
+    app, url = launch_app(data_dir, tmp_path / "models", log, new_session=True)
     try:
-        wait_for(f"http://127.0.0.1:{port}/", app, log)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client = Client(url, verbose=False)
         dataset = client.predict("arithmetic", api_name="/add_sample")
         spec = {
             "base_model": str(tiny_model),
