@@ -117,7 +117,7 @@ def train(
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
-        activation_checkpointing=False,  # TRL turns it on by default; on CPU it only costs time
+        activation_checkpointing=False,  # TRL's default is on: ~20% slower for less memory
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         **device_settings(),
@@ -131,8 +131,7 @@ def train(
         processing_class=tokenizer,
         callbacks=[progress.callback()],
     )
-    kept = len(trainer.train_dataset)
-    if kept == 0:
+    if len(trainer.train_dataset) == 0:  # TRL drops rows whose answer was truncated away
         raise DataError(
             f"No training row has an answer left within max length {t['max_length']} tokens "
             "(the prompt fills it), so there is nothing to learn: raise training.max_length."

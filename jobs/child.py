@@ -164,8 +164,8 @@ def main() -> None:
     store = Store(settings.data_dir)
     reporter = StoreReporter(store, job_id)
     handle_sigterm(store, job_id, reporter)  # before the slow imports in run()
-    # Ctrl-C in the app's terminal reaches this process too; the orderly way out is the worker
-    # stopping, which brings SIGTERM (below): stop after the step and keep the weights.
+    # Ctrl-C in a terminal running the worker reaches this process too; the orderly way out is
+    # the worker stopping, which brings SIGTERM (below): stop after the step, keep the weights.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop_with_parent()
     if os.getppid() == 1:  # the worker died before the line above took effect
