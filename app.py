@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from finetune.quiet import quiet_library_logs
 from storage.settings import Settings, add_arguments, from_args
 from storage.store import Store
 
@@ -102,6 +103,7 @@ def serve(settings: Settings, with_worker: bool) -> None:
             server_port=settings.port,
             theme=THEME,
             show_error=True,
+            quiet=True,  # our own line above says where it is; Gradio's adds share=True advice
             allowed_paths=[str(settings.data_dir / "downloads")],
             max_file_size=f"{settings.max_upload_mb}mb",  # refused before it is stored
         )
@@ -118,6 +120,7 @@ def _warm_imports() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet_library_logs()
     command, settings = parse_args(argv)
     if command == "worker":
         from jobs.worker import run_worker

@@ -220,6 +220,14 @@ def parse_file(path: Path, suffix: str) -> Parsed:
     return Parsed(format=fmt, columns=columns, rows=rows, warnings=warnings)
 
 
+def common_system_prompt(rows: list[dict]) -> str:
+    """The system message every row opens with, or "" when they differ or have none."""
+    prompts = {
+        r["messages"][0]["content"] if r["messages"][0]["role"] == "system" else "" for r in rows
+    }
+    return prompts.pop() if len(prompts) == 1 else ""
+
+
 def write_rows(rows: list[dict], path: Path) -> None:
     with path.open("w", encoding="utf-8") as f:
         for row in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class TrainResult:
     stopped: bool  # True when should_stop() ended the run early
     trainable_params: int
     total_params: int
+    dtype: str  # the base model's compute dtype during training
 
 
 def to_prompt_completion(row: dict) -> dict:
@@ -147,6 +149,7 @@ def train(
         stopped=progress.stopped,
         trainable_params=trainable,
         total_params=total,
+        dtype=str(model.dtype).removeprefix("torch."),
     )
 
 
@@ -211,15 +214,21 @@ def write_model_card(
     out_dir: Path,
     spec: JobSpec,
     result: TrainResult,
-    base_label: str,
+    base_path: str,
     dataset_label: str,
     final: dict[str, float],
+    system_prompt: str,
 ) -> None:
     """README.md (a Hub-style model card) and recipe.json (the spec that made it)."""
     metrics = "\n".join(f"- {k}: {v:.4g}" for k, v in final.items()) or "- (none recorded)"
     params = "\n".join(f"- {k}: {v}" for k, v in spec.method_params.items())
     training = "\n".join(f"- {k}: {v}" for k, v in spec.training.items() if v is not None)
     pct = 100 * result.trainable_params / max(result.total_params, 1)
+    base_label = spec.base_model
+    system, system_note = "", ""
+    if system_prompt:
+        system = f'{{"role": "system", "content": {json.dumps(system_prompt)}}}, '
+        system_note = f" Its training prompts had the system message {json.dumps(system_prompt)}."
     (out_dir / "README.md").write_text(
         f"""---
 base_model: {base_label}
@@ -243,11 +252,19 @@ Steps: {result.step} of {result.total_steps}{" (stopped early)" if result.stoppe
 {metrics}
 
 ## Load it
+Trained on the base model at `{base_path}` in {result.dtype}; load it the same way to get the
+answers AdapterLab's playground gives.{system_note}
 ```python
-from transformers import AutoModelForCausalLM
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft import PeftModel
-base = AutoModelForCausalLM.from_pretrained("{base_label}")
+tokenizer = AutoTokenizer.from_pretrained("{base_path}")
+base = AutoModelForCausalLM.from_pretrained("{base_path}", dtype=torch.{result.dtype})
 model = PeftModel.from_pretrained(base, "path/to/this/folder")
+messages = [{system}{{"role": "user", "content": "..."}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
+                                       return_tensors="pt")
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))
 ```
 """,
         encoding="utf-8",

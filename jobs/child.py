@@ -10,9 +10,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from finetune.data import DataError, read_rows
+from finetune.data import DataError, common_system_prompt, read_rows
 from finetune.fields import SpecError
 from finetune.models import ModelError, resolve_model
+from finetune.quiet import quiet_library_logs
 from finetune.spec import JobSpec, parse_spec
 from finetune.train import TrainResult, final_metrics, train, write_model_card
 from storage.settings import Settings, from_env
@@ -115,7 +116,13 @@ def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
         if result.stopped:
             return _keep_checkpoint(store, job_id, staged, result, reporter.shutdown)
         write_model_card(
-            staged, spec, result, spec.base_model, dataset.name, final_metrics(reporter.history)
+            staged,
+            spec,
+            result,
+            model,
+            dataset.name,
+            final_metrics(reporter.history),
+            common_system_prompt(rows),
         )
         adapter = store.add_adapter(
             staged,
@@ -159,6 +166,7 @@ def _size(folder: Path) -> int:
 
 
 def main() -> None:
+    quiet_library_logs()
     job_id = sys.argv[1]
     settings = from_env()
     store = Store(settings.data_dir)

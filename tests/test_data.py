@@ -109,6 +109,15 @@ def test_bad_files_say_what_and_where(tmp_path, name, text, message):
     assert message in str(info.value)
 
 
+def test_common_system_prompt():
+    from finetune.data import common_system_prompt
+
+    chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    assert common_system_prompt([MESSAGES, MESSAGES]) == "Be brief."
+    assert common_system_prompt([MESSAGES, chat]) == "", "rows differ"
+    assert common_system_prompt([chat]) == ""
+
+
 def test_many_bad_rows_are_counted(tmp_path):
     rows = [PROMPT] + [{"prompt": f"p{i}", "completion": ""} for i in range(8)]
     path = write(tmp_path, "a.jsonl", jsonl(*rows))

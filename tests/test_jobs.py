@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from finetune.samples import ARITHMETIC_SYSTEM
 from storage.settings import Settings
 from storage.store import JobState, Store
 from tests.conftest import PROJECT_ROOT
@@ -117,7 +118,11 @@ def test_job_trains_in_a_child_and_writes_the_adapter(worker_settings, dataset_i
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "recipe.json"} <= names
     recipe = json.loads((folder / "recipe.json").read_text())
     assert recipe == job.spec and recipe["training"]["max_steps"] == 3
-    assert "Trainable parameters" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "Trainable parameters" in card
+    assert f'from_pretrained("{tiny_model}", dtype=torch.float32)' in card
+    assert f'"content": "{ARITHMETIC_SYSTEM}"' in card, "the snippet prompts as training did"
+    assert actions.training_system_prompt(worker_settings, job.adapter_id) == ARITHMETIC_SYSTEM
     adapter = store.get_adapter(job.adapter_id)
     assert adapter.trainable_params == started["trainable_params"] and adapter.size_bytes > 0
     assert (store.job_dir(job.id) / "train.log").stat().st_size > 0

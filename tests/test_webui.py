@@ -154,8 +154,56 @@ def test_progress_of_a_finished_job_is_full():
         checkpoint=None,
         adapter_id=None,
     )
-    html = progress_html(job)
+    html = progress_html(job, [])
     assert "width:100.0%" in html and "took 1 min 30 s" in html
+
+
+def test_progress_shows_the_pace_and_the_last_losses():
+    from storage.store import Job, Metric
+
+    job = Job(
+        id="job-0123456789ab",
+        name="n",
+        state=JobState.RUNNING,
+        spec={},
+        dataset_id=None,
+        created_at=0,
+        started_at=0,
+        finished_at=None,
+        heartbeat_at=None,
+        step=3,
+        total_steps=13,
+        trainable_params=None,
+        total_params=None,
+        cancel_requested=False,
+        error=None,
+        error_detail=None,
+        checkpoint=None,
+        adapter_id=None,
+    )
+
+    def metric(step, at, loss=None, eval_loss=None):
+        return Metric(
+            step=step,
+            epoch=None,
+            loss=loss,
+            eval_loss=eval_loss,
+            learning_rate=None,
+            tokens_per_s=None,
+            memory_mb=None,
+            created_at=at,
+        )
+
+    assert "starting" in progress_html(job, [metric(1, 100.0, loss=3.0)])
+    # 2 steps took 12 s (an eval included): 6 s a step, 10 steps to go -> 60 s
+    metrics = [
+        metric(1, 100.0, loss=3.0),
+        metric(2, 104.0, loss=2.5),
+        metric(2, 110.0, eval_loss=2.2),
+        metric(3, 112.0, loss=2.0),
+    ]
+    html = progress_html(job, metrics)
+    assert "about 1 min 00 s left" in html and "loss 2 · eval loss 2.2" in html
 
 
 def test_playground_handler(with_tiny):
@@ -182,12 +230,12 @@ def test_curves_start_with_every_series_the_job_will_have(store):
     from webui.jobs_tab import curves
 
     job = store.add_job("j", {"training": {"eval_fraction": 0.1}}, None)
-    assert curves(store, job) is None, "no empty frame: the plot would fix its axes from it"
+    assert curves(job, []) is None, "no empty frame: the plot would fix its axes from it"
     store.add_metric(job.id, step=1, loss=2.5)
-    frame = curves(store, job)
+    frame = curves(job, store.list_metrics(job.id))
     assert list(frame["series"]) == ["loss", "eval loss"]
     assert frame["value"].isna().tolist() == [False, True]
     assert str(frame["step"].dtype) == "int64" and str(frame["value"].dtype) == "float64"
     no_eval = store.add_job("k", {"training": {"eval_fraction": 0.0}}, None)
     store.add_metric(no_eval.id, step=1, loss=2.5)
-    assert list(curves(store, no_eval)["series"]) == ["loss"]
+    assert list(curves(no_eval, store.list_metrics(no_eval.id))["series"]) == ["loss"]

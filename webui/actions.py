@@ -10,13 +10,14 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from finetune.counts import count_parameters
-from finetune.data import parse_file, write_rows
+from finetune.data import common_system_prompt, parse_file, read_rows, write_rows
 from finetune.fields import SpecError
 from finetune.generate import GenerationParams, ModelCache
 from finetune.models import resolve_model
@@ -109,7 +110,6 @@ def add_sample(settings: Settings, sample: str) -> dict[str, Any]:
 
 
 def preview_dataset(settings: Settings, dataset_id: str, n: int = PREVIEW_ROWS) -> list[dict]:
-    from finetune.data import read_rows
 
     store = Store(settings.data_dir)
     dataset = store.get_dataset(dataset_id)
@@ -143,7 +143,7 @@ def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
     except LookupError:
         raise SpecError(f"dataset_id: no dataset {parsed.dataset_id!r}; upload one first") from None
     counts = estimate(settings, spec)
-    name = parsed.name or f"{parsed.method} on {dataset.name}"
+    name = parsed.name or f"{parsed.method} on {dataset.name} · {time.strftime('%b %d %H:%M')}"
     job = submit_job(settings, name, asdict(parsed), dataset.id)
     store.update_job(
         job.id,
@@ -266,6 +266,16 @@ def _generation_params(params: dict[str, Any]) -> GenerationParams:
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(str(exc)) from None
+
+
+def training_system_prompt(settings: Settings, adapter_id: str) -> str:
+    """The system message every training row of the adapter had, or ""."""
+    store = Store(settings.data_dir)
+    adapter = store.get_adapter(adapter_id)
+    if adapter.job_id is None:
+        return ""
+    dataset_id = store.get_job(adapter.job_id).spec["dataset_id"]
+    return common_system_prompt(read_rows(store.dataset_dir(dataset_id) / "rows.jsonl"))
 
 
 def download_adapter(settings: Settings, adapter_id: str) -> Path:

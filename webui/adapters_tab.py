@@ -24,7 +24,7 @@ def adapters_rows(settings: Settings) -> list[list]:
             a["method"],
             a["base_model"],
             f"{a['trainable_params']:,}" if a["trainable_params"] else "",
-            f"{(a['size_bytes'] or 0) / 2**20:.2f} MB",
+            f"{(a['size_bytes'] or 0) / 2**20:.2f} MiB",
         ]
         for a in actions.list_adapters(settings)
     ]
@@ -34,7 +34,7 @@ def on_download_click(settings: Settings, adapter_id: str | None):
     if not adapter_id:
         raise gr.Error("Pick an adapter first.")
     try:
-        return str(actions.download_adapter(settings, adapter_id))
+        return gr.update(value=str(actions.download_adapter(settings, adapter_id)), visible=True)
     except (ValueError, LookupError) as exc:
         raise gr.Error(str(exc)) from None
 
@@ -48,7 +48,7 @@ def build_adapters_tab(settings: Settings) -> AdaptersTab:
     with gr.Row():
         adapter_dropdown = gr.Dropdown(label="Adapter", choices=[], scale=2)
         zip_button = gr.Button("Prepare .zip")
-        zip_file = gr.File(label="Download", interactive=False, scale=2)
+        zip_file = gr.File(label="Download", interactive=False, scale=2, visible=False)
     zip_button.click(
         lambda a: on_download_click(settings, a),
         inputs=[adapter_dropdown],

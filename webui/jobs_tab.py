@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from storage.settings import Settings
-from storage.store import Job, JobState, Store
+from storage.store import Job, JobState, Metric, Store
 from webui import actions
 
 REFRESH_S = 2.0
@@ -39,7 +39,7 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
 
-def progress_html(job: Job) -> str:
+def progress_html(job: Job, metrics: list[Metric]) -> str:
     total = job.total_steps or 0
     fraction = min(job.step / total, 1.0) if total else 0.0
     if job.state == JobState.SUCCEEDED:
@@ -47,17 +47,33 @@ def progress_html(job: Job) -> str:
     eta = ""
     if job.state == JobState.RUNNING and total and job.step >= total:
         eta = " · saving the adapter"
-    elif job.state == JobState.RUNNING and job.started_at and job.step and total:
-        elapsed = time.time() - job.started_at
-        eta = f" · about {_duration(elapsed / job.step * (total - job.step))} left"
+    elif job.state == JobState.RUNNING and total:
+        seconds = _seconds_left(metrics, total)
+        eta = f" · about {_duration(seconds)} left" if seconds is not None else " · starting"
     elif job.finished_at and job.started_at:
         eta = f" · took {_duration(job.finished_at - job.started_at)}"
+    last = {}
+    for m in metrics:
+        last.update(
+            {k: v for k, v in (("loss", m.loss), ("eval loss", m.eval_loss)) if v is not None}
+        )
+    losses = "".join(f" · {name} {value:.4g}" for name, value in last.items())
     return (
-        f"<div><b>{job.state.value}</b> · step {job.step} of {total or '?'}{eta}</div>"
+        f"<div><b>{job.state.value}</b> · step {job.step} of {total or '?'}{eta}{losses}</div>"
         f'<div style="background:#e5e7eb;border-radius:6px;height:14px;margin-top:6px">'
         f'<div class="job-progress" style="width:{fraction * 100:.1f}%;height:14px;'
         f'border-radius:6px;background:#f97316"></div></div>'
     )
+
+
+def _seconds_left(metrics: list[Metric], total: int) -> float | None:
+    """From the measured pace between logged steps (evaluations included), not the start-up."""
+    steps = [m for m in metrics if m.loss is not None]
+    if len(steps) < 2 or steps[-1].step <= steps[0].step:
+        return None
+    first, last = steps[0], steps[-1]
+    pace = (last.created_at - first.created_at) / (last.step - first.step)
+    return pace * (total - last.step)
 
 
 def _duration(seconds: float) -> str:
@@ -65,7 +81,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def curves(store: Store, job: Job) -> pd.DataFrame | None:
+def curves(job: Job, metrics: list[Metric]) -> pd.DataFrame | None:
     """The job's loss curves; None until it has a point.
 
     Gradio's LinePlot fixes its axis types and colour domain from the first value it draws and
@@ -73,7 +89,7 @@ def curves(store: Store, job: Job) -> pd.DataFrame | None:
     from the first point (a series without a point yet gets one NaN row, which Vega skips).
     """
     rows = []
-    for m in store.list_metrics(job.id):
+    for m in metrics:
         if m.loss is not None:
             rows.append({"step": m.step, "value": m.loss, "series": "loss"})
         if m.eval_loss is not None:
@@ -112,6 +128,7 @@ def on_jobs_tick(settings: Settings, selected: str | None):
             gr.update(interactive=False),
         )
     job = next(j for j in jobs if j.id == selected)
+    metrics = store.list_metrics(job.id)
     error = ""
     if job.error:
         error = f"**{job.error}**"
@@ -120,8 +137,8 @@ def on_jobs_tick(settings: Settings, selected: str | None):
     return (
         jobs_rows(jobs),
         gr.update(choices=choices, value=selected),
-        progress_html(job),
-        curves(store, job),
+        progress_html(job, metrics),
+        curves(job, metrics),
         json.dumps(job.spec, indent=2),
         error,
         gr.update(interactive=not job.state.finished),

@@ -45,6 +45,16 @@ def on_generate_click(
     return texts[0], texts[1] if len(texts) > 1 else "(pick an adapter to compare)"
 
 
+def on_adapter_change(settings: Settings, adapter_id: str | None) -> str:
+    """The system message the adapter was trained with: answers depend on it."""
+    if not adapter_id:
+        return ""
+    try:
+        return actions.training_system_prompt(settings, adapter_id)
+    except (ValueError, LookupError):
+        return ""
+
+
 def _caption(output: dict) -> str:
     speed = f", {output['tokens_per_s']} tokens/s" if output.get("tokens_per_s") else ""
     return f"{output['text']}\n\n— {output['seconds']} s{speed}"
@@ -60,7 +70,7 @@ def build_playground_tab(settings: Settings) -> PlaygroundTab:
     prompt_text = gr.Textbox(label="Prompt", value="What is 47 + 85?", lines=3)
     system_text = gr.Textbox(
         label="System prompt (optional)",
-        info="Use the system message your training data had, if any; empty uses the model's own.",
+        info="Filled in with the one the adapter was trained with; empty uses the model's own.",
     )
     with gr.Row():
         max_tokens_number = gr.Number(
@@ -74,6 +84,12 @@ def build_playground_tab(settings: Settings) -> PlaygroundTab:
     with gr.Row():
         base_text = gr.Textbox(label="Base model", lines=8, interactive=False)
         adapter_text = gr.Textbox(label="With adapter", lines=8, interactive=False)
+    adapter_dropdown.change(
+        lambda a: on_adapter_change(settings, a),
+        inputs=[adapter_dropdown],
+        outputs=[system_text],
+        api_visibility="private",
+    )
     generate_button.click(
         lambda *v: on_generate_click(settings, *v),
         inputs=[
