@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from storage.store import JobState, Store
+from storage.store import Job, JobState, Metric, Store
 from webui import actions
 from webui.blocks import build_app
 from webui.data_tab import on_sample_click, on_upload_click
@@ -131,56 +131,38 @@ def test_jobs_tick_and_cancel(settings, store):
     assert "already ended" in on_cancel_click(settings, job.id)
 
 
-def test_progress_of_a_finished_job_is_full():
-    from storage.store import Job
+def a_job(**values) -> Job:
+    fields = {
+        "id": "job-0123456789ab",
+        "name": "n",
+        "state": JobState.RUNNING,
+        "spec": {},
+        "dataset_id": None,
+        "created_at": 0,
+        "started_at": 0,
+        "finished_at": None,
+        "heartbeat_at": None,
+        "step": 0,
+        "total_steps": None,
+        "trainable_params": None,
+        "total_params": None,
+        "cancel_requested": False,
+        "error": None,
+        "error_detail": None,
+        "checkpoint": None,
+        "adapter_id": None,
+    }
+    return Job(**{**fields, **values})
 
-    job = Job(
-        id="job-0123456789ab",
-        name="n",
-        state=JobState.SUCCEEDED,
-        spec={},
-        dataset_id=None,
-        created_at=0,
-        started_at=10,
-        finished_at=100,
-        heartbeat_at=None,
-        step=4,
-        total_steps=4,
-        trainable_params=None,
-        total_params=None,
-        cancel_requested=False,
-        error=None,
-        error_detail=None,
-        checkpoint=None,
-        adapter_id=None,
-    )
+
+def test_progress_of_a_finished_job_is_full():
+    job = a_job(state=JobState.SUCCEEDED, started_at=10, finished_at=100, step=4, total_steps=4)
     html = progress_html(job, [])
     assert "width:100.0%" in html and "took 1 min 30 s" in html
 
 
 def test_progress_shows_the_pace_and_the_last_losses():
-    from storage.store import Job, Metric
-
-    job = Job(
-        id="job-0123456789ab",
-        name="n",
-        state=JobState.RUNNING,
-        spec={},
-        dataset_id=None,
-        created_at=0,
-        started_at=0,
-        finished_at=None,
-        heartbeat_at=None,
-        step=3,
-        total_steps=13,
-        trainable_params=None,
-        total_params=None,
-        cancel_requested=False,
-        error=None,
-        error_detail=None,
-        checkpoint=None,
-        adapter_id=None,
-    )
+    job = a_job(step=3, total_steps=13)
 
     def metric(step, at, loss=None, eval_loss=None):
         return Metric(
