@@ -68,12 +68,10 @@ class EmbeddedWorker:
                 self.process = self._start()
 
     def stop(self) -> None:
+        from jobs.runner import stop
+
         self.stopping.set()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop(self.process, grace_s=20)
 
 
 def serve(settings: Settings, with_worker: bool) -> None:

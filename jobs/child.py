@@ -66,7 +66,7 @@ def handle_sigterm(store: Store, job_id: str, reporter: StoreReporter) -> None:
         reporter.shutdown = True
         if reporter.training:
             return
-        if store.get_job(job_id).cancel_requested:
+        if stopped_state(store, job_id) == JobState.CANCELLED:
             store.finish_job(job_id, JobState.CANCELLED, "Cancelled before training began.")
         else:
             store.finish_job(job_id, JobState.INTERRUPTED, _SHUTDOWN_BEFORE)
@@ -76,6 +76,11 @@ def handle_sigterm(store: Store, job_id: str, reporter: StoreReporter) -> None:
 
 
 _SHUTDOWN_BEFORE = "The worker or the app stopped before training began; nothing was lost."
+
+
+def stopped_state(store: Store, job_id: str) -> JobState:
+    """A run stopped from outside was cancelled if a user asked, else interrupted by a shutdown."""
+    return JobState.CANCELLED if store.get_job(job_id).cancel_requested else JobState.INTERRUPTED
 
 
 def plain_reason(exc: BaseException) -> str:
@@ -154,7 +159,7 @@ def _keep_checkpoint(
     staged.rename(checkpoint)
     store.update_job(job_id, checkpoint=checkpoint.name)
     kept = f"the weights after step {result.step} are kept in {checkpoint.name}."
-    if shutdown and not store.get_job(job_id).cancel_requested:
+    if shutdown and stopped_state(store, job_id) == JobState.INTERRUPTED:
         store.finish_job(job_id, JobState.INTERRUPTED, f"The worker or the app stopped; {kept}")
         return JobState.INTERRUPTED
     store.finish_job(job_id, JobState.CANCELLED, f"Cancelled; {kept}")

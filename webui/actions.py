@@ -171,7 +171,7 @@ def job_info(job: Job, losses: tuple[float | None, ...]) -> dict[str, Any]:
     }
 
 
-def _settled_store(settings: Settings) -> Store:
+def settled_store(settings: Settings) -> Store:
     """The store, after marking jobs whose process died (stale heartbeat) as interrupted."""
     store = Store(settings.data_dir)
     store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
@@ -179,7 +179,7 @@ def _settled_store(settings: Settings) -> Store:
 
 
 def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
-    store = _settled_store(settings)
+    store = settled_store(settings)
     job = store.get_job(job_id)
     return job_info(job, store.last_losses(job.id)[job.id])
 
@@ -194,7 +194,7 @@ def cancel_job(settings: Settings, job_id: str) -> dict[str, Any]:
 
 
 def list_jobs(settings: Settings) -> list[dict[str, Any]]:
-    store = _settled_store(settings)
+    store = settled_store(settings)
     losses = store.last_losses()
     return [job_info(j, losses.get(j.id, (None, None))) for j in store.list_jobs()]
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+from finetune.train import final_metrics
 from storage.settings import Settings
-from storage.store import Job, JobState, Metric, Store
+from storage.store import Job, JobState, Metric
 from webui import actions
 
 REFRESH_S = 2.0
@@ -52,12 +53,8 @@ def progress_html(job: Job, metrics: list[Metric]) -> str:
         eta = f" · about {_duration(seconds)} left" if seconds is not None else " · starting"
     elif job.finished_at and job.started_at:
         eta = f" · took {_duration(job.finished_at - job.started_at)}"
-    last = {}
-    for m in metrics:
-        last.update(
-            {k: v for k, v in (("loss", m.loss), ("eval loss", m.eval_loss)) if v is not None}
-        )
-    losses = "".join(f" · {name} {value:.4g}" for name, value in last.items())
+    last = final_metrics([vars(m) for m in metrics])
+    losses = "".join(f" · {name.replace('_', ' ')} {value:.4g}" for name, value in last.items())
     return (
         f"<div><b>{job.state.value}</b> · step {job.step} of {total or '?'}{eta}{losses}</div>"
         f'<div style="background:#e5e7eb;border-radius:6px;height:14px;margin-top:6px">'
@@ -110,8 +107,7 @@ def curves(job: Job, metrics: list[Metric]) -> pd.DataFrame | None:
 
 
 def on_jobs_tick(settings: Settings, selected: str | None):
-    store = Store(settings.data_dir)
-    store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
+    store = actions.settled_store(settings)
     jobs = store.list_jobs()
     ids = [j.id for j in jobs]
     if selected not in ids:
