@@ -87,6 +87,7 @@ def serve(settings: Settings, with_worker: bool) -> None:
 
         torch.set_num_threads(settings.playground_threads)
         from webui.blocks import THEME, build_app
+        from webui.data_tab import CSS
 
         app = build_app(settings)
         # The first parameter count would wait for these imports; take them off that path.
@@ -100,6 +101,7 @@ def serve(settings: Settings, with_worker: bool) -> None:
             server_name=settings.host,
             server_port=settings.port,
             theme=THEME,
+            css=CSS,
             show_error=True,
             quiet=True,  # our own line above says where it is; Gradio's adds share=True advice
             allowed_paths=[str(settings.data_dir / "downloads")],
@@ -113,8 +115,10 @@ def serve(settings: Settings, with_worker: bool) -> None:
 
 
 def _warm_imports() -> None:
+    """What the first preview / count / generation would otherwise wait for (transformers loads
+    its submodules lazily, on first use of a name)."""
     import peft  # noqa: F401
-    import transformers  # noqa: F401
+    from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

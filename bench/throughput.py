@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 from finetune.data import write_rows  # noqa: E402
 from finetune.models import bundled_path  # noqa: E402
-from finetune.samples import arithmetic_rows  # noqa: E402
+from finetune.samples import arithmetic  # noqa: E402
 from storage.settings import Settings  # noqa: E402
 from storage.store import Store  # noqa: E402
-from webui import actions  # noqa: E402
+from webui import actions, data_actions  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -93,8 +93,8 @@ def main() -> None:
     settings = Settings(data_dir=work / "data", models_dir=args.models_dir.resolve())
     Store(settings.data_dir).init()
     rows = work / "rows.jsonl"
-    write_rows(arithmetic_rows(args.steps * args.batch * 2, seed=1), rows)
-    dataset_id = actions.upload_dataset(settings, rows, "bench")["id"]
+    write_rows(arithmetic(args.steps * args.batch * 2, 0, seed=1)[0], rows)
+    dataset_id = data_actions.upload_dataset(settings, rows, "bench")["id"]
     worker = subprocess.Popen(
         [
             sys.executable,

@@ -39,6 +39,20 @@ def to_prompt_completion(row: dict) -> dict:
     return {"prompt": messages[:-1], "completion": messages[-1:]}
 
 
+def to_examples(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """Rows as TRL dataset entries: chat rows as prompt/completion (TRL tokenizes them), text
+    rows already tokenized into max-length chunks so that no document is cut short."""
+    from finetune.preview import encode_row
+
+    out: list[dict] = []
+    for row in rows:
+        if "text" in row:
+            out.extend({"input_ids": ex.input_ids} for ex in encode_row(tokenizer, row, max_length))
+        else:
+            out.append(to_prompt_completion(row))
+    return out
+
+
 def split_rows(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """A seeded shuffle-split; tiny sets get no eval rows."""
     import random
@@ -80,8 +94,12 @@ def train(
     out_dir: Path,
     reporter: Reporter,
     trust_remote_code: bool = False,
+    eval_rows: list[dict] | None = None,
 ) -> TrainResult:
-    """Train spec.method on rows; write the adapter to out_dir (created, must not exist)."""
+    """Train spec.method on rows; write the adapter to out_dir (created, must not exist).
+
+    eval_rows, when the dataset has its own eval split, replace the eval_fraction split.
+    """
     from datasets import Dataset
     from peft import get_peft_model
     from trl import SFTConfig, SFTTrainer
@@ -89,21 +107,24 @@ def train(
     from finetune.methods import get_method
 
     t = spec.training
-    train_rows, eval_rows = split_rows(rows, t["eval_fraction"], t["seed"])
-    train_data = Dataset.from_list([to_prompt_completion(r) for r in train_rows])
+    if eval_rows:
+        train_rows = rows
+    else:
+        train_rows, eval_rows = split_rows(rows, t["eval_fraction"], t["seed"])
+
+    model, tokenizer = load_model(model_path, trust_remote_code)
+    train_data = Dataset.from_list(to_examples(train_rows, tokenizer, t["max_length"]))
     eval_data = (
-        Dataset.from_list([to_prompt_completion(r) for r in eval_rows[:EVAL_ROWS_CAP]])
+        Dataset.from_list(to_examples(eval_rows[:EVAL_ROWS_CAP], tokenizer, t["max_length"]))
         if eval_rows
         else None
     )
-
-    model, tokenizer = load_model(model_path, trust_remote_code)
     method = get_method(spec.method)
     model = get_peft_model(model, method.build(spec.method_params, "CAUSAL_LM"))
     trainable, total = model.get_nb_trainable_parameters()
 
     steps = t["max_steps"]
-    planned = steps or math.ceil(math.ceil(len(train_rows) / t["batch_size"]) * t["epochs"])
+    planned = steps or math.ceil(math.ceil(len(train_data) / t["batch_size"]) * t["epochs"])
     config = SFTConfig(
         output_dir=str(work_dir),
         max_steps=steps if steps is not None else -1,

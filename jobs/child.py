@@ -112,11 +112,19 @@ def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
     try:
         dataset = store.get_dataset(spec.dataset_id)
         rows = read_rows(store.dataset_dir(dataset.id) / "rows.jsonl")
+        eval_rows = read_rows(store.dataset_dir(dataset.id) / "eval.jsonl")
         model = resolve_model(spec.base_model, settings.models_dir)
         scratch = store.tmp_dir()
         staged = scratch / "adapter"
         result: TrainResult = train(
-            spec, rows, model, job_dir / "trainer", staged, reporter, settings.allow_remote_code
+            spec,
+            rows,
+            model,
+            job_dir / "trainer",
+            staged,
+            reporter,
+            settings.allow_remote_code,
+            eval_rows=eval_rows,
         )
         if result.stopped:
             return _keep_checkpoint(store, job_id, staged, result, reporter.shutdown)

@@ -67,6 +67,15 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 2: what a dataset was made from and how: schema mapping, eval split, dropped rows, stats
+    """
+    ALTER TABLE datasets ADD COLUMN mapping TEXT NOT NULL DEFAULT '{}';   -- JSON field -> column
+    ALTER TABLE datasets ADD COLUMN eval_rows INTEGER NOT NULL DEFAULT 0; -- rows in eval.jsonl
+    ALTER TABLE datasets ADD COLUMN dropped_rows INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE datasets ADD COLUMN sources TEXT NOT NULL DEFAULT '[]';   -- JSON: names shown
+    ALTER TABLE datasets ADD COLUMN stats TEXT NOT NULL DEFAULT '{}';     -- JSON, model-free
+    CREATE INDEX jobs_dataset ON jobs(dataset_id);
+    """,
 ]
 
 

@@ -20,7 +20,9 @@ class Settings:
     playground_threads: int = 1  # torch threads for generation in the web process
     heartbeat_timeout_s: float = 60.0  # a running job silent this long is interrupted
     cancel_grace_s: float = 60.0  # a cancelled job not stopped by then is terminated
-    max_upload_mb: int = 200
+    max_upload_mb: int = 200  # one uploaded file, or an archive's unpacked contents
+    max_rows: int = 1_000_000  # rows in one dataset
+    max_row_kb: int = 1024  # one line / row / text document
     allow_remote_code: bool = False
 
     @property

@@ -38,6 +38,10 @@ class NotFound(LookupError):
     """A record that does not exist (or an id that cannot be one)."""
 
 
+class InUse(ValueError):
+    """A record other records still refer to."""
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 
@@ -72,6 +76,11 @@ class Dataset:
     source_file: str
     content_hash: str
     created_at: float
+    mapping: dict
+    eval_rows: int
+    dropped_rows: int
+    sources: list[str]
+    stats: dict
 
 
 @dataclass(frozen=True)
@@ -121,10 +130,13 @@ class Adapter:
     created_at: float
 
 
+_DATASET_JSON = ("columns", "warnings", "mapping", "sources", "stats")
+
+
 def _dataset(row) -> Dataset:
     d = dict(row)
-    d["columns"] = json.loads(d["columns"])
-    d["warnings"] = json.loads(d["warnings"])
+    for key in _DATASET_JSON:
+        d[key] = json.loads(d[key])
     return _from_row(Dataset, d)
 
 
@@ -185,8 +197,9 @@ class Store:
         """Move a fully written staging folder into place and record it, all or nothing."""
         dataset_id = new_id("ds")
         row = dict(values, id=dataset_id, created_at=time.time())
-        row["columns"] = json.dumps(row["columns"])
-        row["warnings"] = json.dumps(row["warnings"])
+        for key in _DATASET_JSON:
+            if key in row:
+                row[key] = json.dumps(row[key])
         self._place(staged, self.dataset_dir(dataset_id), "datasets", row)
         return self.get_dataset(dataset_id)
 
@@ -210,6 +223,32 @@ class Store:
         with connect(self.db_path, write=False) as db:
             rows = db.execute("SELECT * FROM datasets ORDER BY created_at DESC").fetchall()
         return [_dataset(r) for r in rows]
+
+    def jobs_using(self, dataset_id: str) -> list[str]:
+        with connect(self.db_path, write=False) as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE dataset_id = ? ORDER BY created_at",
+                (check_id(dataset_id, "ds"),),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Remove a dataset no job refers to: its row first, then its folder."""
+        folder = self.dataset_dir(dataset_id)
+        with connect(self.db_path) as db:
+            used = db.execute(
+                "SELECT id FROM jobs WHERE dataset_id = ? LIMIT 1", (dataset_id,)
+            ).fetchone()
+            if used is not None:
+                raise InUse(f"dataset {dataset_id} is used by job {used[0]}")
+            cur = db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
+            if cur.rowcount == 0:
+                raise NotFound(f"dataset {dataset_id} does not exist")
+            # Moved aside inside the transaction: if the commit fails, nothing is gone yet.
+            trash = self.data_dir / "tmp" / f"deleted-{dataset_id}"
+            if folder.exists():
+                folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     # ---- jobs ----
     def add_job(self, name: str, spec: dict, dataset_id: str | None) -> Job:
@@ -352,6 +391,20 @@ class Store:
             sql, args = sql + " WHERE j.id = ?", (check_id(job_id, "job"),)
         with connect(self.db_path, write=False) as db:
             return {row[0]: (row[1], row[2]) for row in db.execute(sql, args)}
+
+    def throughput(self, base_model: str, limit: int = 5) -> list[float]:
+        """The last logged training tokens/s of finished jobs on a base model, newest first."""
+        with connect(self.db_path, write=False) as db:
+            rows = db.execute(
+                "SELECT j.spec, (SELECT tokens_per_s FROM metrics m WHERE m.job_id = j.id"
+                " AND tokens_per_s IS NOT NULL ORDER BY step DESC LIMIT 1)"
+                " FROM jobs j WHERE j.state = ? ORDER BY j.created_at DESC",
+                (JobState.SUCCEEDED,),
+            ).fetchall()
+        found = [
+            tps for spec, tps in rows if tps and json.loads(spec).get("base_model") == base_model
+        ]
+        return found[:limit]
 
     # ---- adapters ----
     def add_adapter(self, staged: Path, **values) -> Adapter:

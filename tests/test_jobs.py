@@ -16,7 +16,7 @@ from finetune.samples import ARITHMETIC_SYSTEM
 from storage.settings import Settings
 from storage.store import JobState, Store
 from tests.conftest import PROJECT_ROOT
-from webui import actions
+from webui import actions, data_actions
 
 TIMEOUT_S = 180
 
@@ -65,7 +65,7 @@ def worker_settings(tmp_path_factory, tiny_model):
 
 @pytest.fixture(scope="module")
 def dataset_id(worker_settings):
-    return actions.add_sample(worker_settings, "arithmetic")["id"]
+    return data_actions.add_sample(worker_settings, "arithmetic")["id"]
 
 
 def spec(tiny_model, dataset_id, **training):
@@ -216,7 +216,7 @@ def test_a_dead_worker_loses_no_work(tmp_path, tiny_model):
     """A queued job with no task behind it runs when a worker starts; a worker killed mid-run
     leaves its job interrupted, with the weights of its last step kept."""
     settings = new_settings(tmp_path)
-    dataset_id = actions.add_sample(settings, "arithmetic")["id"]
+    dataset_id = data_actions.add_sample(settings, "arithmetic")["id"]
     store = Store(settings.data_dir)
     orphan = store.add_job("no task", spec(tiny_model, dataset_id), dataset_id)  # never enqueued
     worker = start_worker(settings, tmp_path / "worker.log")

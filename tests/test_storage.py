@@ -121,3 +121,24 @@ def test_a_reader_does_not_wait_for_a_writer(store):
         writer.execute("UPDATE jobs SET step = 7 WHERE id = ?", (job.id,))
         assert store.get_job(job.id).step == 0, "the reader sees the last committed state"
     assert store.get_job(job.id).step == 7
+
+
+def test_migration_2_upgrades_a_version_1_database(tmp_path):
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO datasets VALUES ('ds-000000000001', 'old', 'alpaca', 2, '[]', '[]',"
+        " 'original.csv', 'h', 1.0)"
+    )
+    conn.commit()
+    conn.close()
+    assert migrate(db) == len(MIGRATIONS)
+    old = Store(tmp_path).get_dataset("ds-000000000001")
+    assert (old.name, old.mapping, old.eval_rows, old.dropped_rows, old.stats) == (
+        "old",
+        {},
+        0,
+        0,
+        {},
+    )

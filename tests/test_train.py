@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from finetune.data import DataError
-from finetune.samples import arithmetic_rows
+from finetune.samples import arithmetic
 from finetune.spec import parse_spec
 from finetune.train import split_rows, to_prompt_completion, train
 
@@ -49,7 +49,7 @@ def test_lora_trains_saves_and_reloads(tiny_model, tmp_path):
     spec = spec_for(tiny_model, learning_rate=1e-2)
     recorder = Recorder()
     out = tmp_path / "adapter"
-    result = train(spec, arithmetic_rows(64), str(tiny_model), tmp_path / "work", out, recorder)
+    result = train(spec, arithmetic(64, 0)[0], str(tiny_model), tmp_path / "work", out, recorder)
 
     assert (result.step, result.total_steps, result.stopped) == (4, 4, False)
     assert recorder.started_with == (4, result.trainable_params, result.total_params)
@@ -83,7 +83,7 @@ def test_lora_trains_saves_and_reloads(tiny_model, tmp_path):
 def test_stop_request_ends_the_run_early(tiny_model, tmp_path):
     spec = spec_for(tiny_model, max_steps=50, eval_fraction=0.0)
     result = train(
-        spec, arithmetic_rows(64), str(tiny_model), tmp_path / "w", tmp_path / "o", Recorder(2)
+        spec, arithmetic(64, 0)[0], str(tiny_model), tmp_path / "w", tmp_path / "o", Recorder(2)
     )
     assert result.stopped and result.step == 2 and result.total_steps == 50
     assert (tmp_path / "o" / "adapter_model.safetensors").is_file()
@@ -92,7 +92,9 @@ def test_stop_request_ends_the_run_early(tiny_model, tmp_path):
 def test_rows_with_no_answer_left_get_a_plain_error(tiny_model, tmp_path):
     spec = spec_for(tiny_model, max_length=16)
     with pytest.raises(DataError, match=r"raise training\.max_length"):
-        train(spec, arithmetic_rows(8), str(tiny_model), tmp_path / "w", tmp_path / "o", Recorder())
+        train(
+            spec, arithmetic(8, 0)[0], str(tiny_model), tmp_path / "w", tmp_path / "o", Recorder()
+        )
 
 
 def test_split_is_seeded_and_keeps_a_training_row():
@@ -107,7 +109,26 @@ def test_split_is_seeded_and_keeps_a_training_row():
 
 
 def test_prompt_completion_puts_loss_on_the_last_answer():
-    row = arithmetic_rows(1)[0]
+    row = arithmetic(1, 0)[0][0]
     pc = to_prompt_completion(row)
     assert [t["role"] for t in pc["prompt"]] == ["system", "user"]
     assert pc["completion"] == [row["messages"][-1]]
+
+
+def test_text_rows_and_a_separate_eval_split_train(tiny_model, tmp_path):
+    """Continued pretraining rows train; the dataset's own eval rows replace eval_fraction."""
+    spec = spec_for(tiny_model, max_steps=2, batch_size=2, max_length=32, eval_fraction=0.5)
+    rows = [{"text": f"What is {a} + 10? {a + 10} " * 4} for a in range(10, 20)]
+    recorder = Recorder()
+    result = train(
+        spec,
+        rows,
+        str(tiny_model),
+        tmp_path / "w",
+        tmp_path / "o",
+        recorder,
+        eval_rows=[{"text": "What is 30 + 10? 40"}],
+    )
+    assert result.step == 2 and (tmp_path / "o" / "adapter_model.safetensors").is_file()
+    assert all(v["loss"] > 0 for _, v in recorder.logs if "loss" in v)
+    assert any("eval_loss" in v for _, v in recorder.logs)

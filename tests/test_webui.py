@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from storage.store import Job, JobState, Metric, Store
-from webui import actions
+from webui import actions, data_actions
 from webui.blocks import build_app
-from webui.data_tab import on_sample_click, on_upload_click
+from webui.data_tab import mapping_updates, on_sample, on_upload, read_mapping
 from webui.jobs_tab import on_cancel_click, on_jobs_tick, progress_html
 from webui.playground_tab import on_generate_click
 from webui.train_tab import build_train_tab, on_form_change, on_start_click, read_form
@@ -25,6 +25,8 @@ API = {
     "estimate",
     "list_jobs",
     "list_datasets",
+    "preview_dataset",
+    "delete_dataset",
     "list_adapters",
     "add_sample",
 }
@@ -43,23 +45,61 @@ def test_app_builds_with_the_named_api(with_tiny):
     assert names == API
 
 
-def test_upload_handler_reports_and_stores_nothing_on_error(settings, store, tmp_path):
+def test_upload_handler_lists_bad_rows_then_drops_them(with_tiny, store, tmp_path):
     bad = tmp_path / "bad.csv"
-    bad.write_text("question,answer\na,b\n")
-    message, table = on_upload_click(settings, str(bad), "")
-    assert message.startswith("**Not stored.**") and "None of the known columns" in message
-    assert store.list_datasets() == []
-    good = tmp_path / "good.csv"
-    good.write_text("prompt,completion\nHi?,Hello.\n")
-    message, table = on_upload_click(settings, str(good), "greetings")
-    assert "**greetings**" in message and "1 rows" in message and "*user*: Hi?" in message
-    assert table[0][0] == "greetings"
+    bad.write_text("prompt,completion\nHi?,Hello.\nq,\nHi?,Hello.\n")
+    message, table, examples, histogram, *_ = on_upload(
+        with_tiny, [str(bad)], "", {}, None, "tiny", 64
+    )
+    assert message.startswith("**Not stored.** 2 of 3 rows cannot be used")
+    assert table["visible"] and table["label"] == "Rows that cannot be used"
+    assert table["value"].values.tolist() == [
+        [2, "completion", "is empty"],
+        [3, "(whole row)", "exact duplicate of row 1"],
+    ]
+    assert store.list_datasets() == [] and examples == histogram == ""
+
+    message, table, examples, histogram, dropdown, datasets = on_upload(
+        with_tiny, [str(bad)], "greetings", {"on_bad_rows": "drop"}, None, "tiny", 64
+    )
+    assert message.startswith("**Stored.** **greetings**") and "2 bad rows dropped" in message
+    assert "Max length 64 truncates **0** rows" in message
+    assert '<span class="al-loss">Hello.&lt;|im_end|&gt;\n</span>' in examples
+    assert histogram.count('class="al-bar') == 1
+    assert dropdown["value"] == datasets[0][1] and datasets[0][0] == "greetings"
 
 
-def test_sample_handler(settings):
-    message, table = on_sample_click(settings, "arithmetic")
-    assert "2,000 rows" in message and "What is" in message
-    assert len(table) == 1
+def test_upload_handler_reports_unreadable_files(settings, tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text("question,reply\na,b\n")
+    message, table, *_ = on_upload(settings, [str(path)], "", {}, None, "", 0)
+    assert message.startswith("**Not stored.** No known schema fits the columns (question, reply)")
+    assert not table["visible"]
+
+
+def test_mapping_control_round_trip():
+    updates = mapping_updates("alpaca", ["q", "a", "ctx"], {"instruction": "q", "output": "a"})
+    visible = [u for u in updates if u["visible"]]
+    assert [u["label"] for u in visible] == [
+        "instruction ←",
+        "output ←",
+        "input ← (optional)",
+        "system ← (optional)",
+    ]
+    values = [u["value"] for u in updates]
+    assert read_mapping("alpaca", values) == {"instruction": "q", "output": "a"}
+    assert [u["visible"] for u in mapping_updates("text", ["body"], {})] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_sample_handler(with_tiny):
+    message, _, examples, histogram, *_ = on_sample(with_tiny, "arithmetic", "tiny", 64)
+    assert "2,000 training rows, 200 eval rows (its own split)" in message
+    assert "What is" in examples and "al-hist" in histogram
 
 
 def filled_form(settings, **values):
@@ -85,7 +125,7 @@ def test_form_counts_and_start(with_tiny):
     )
     message = on_start_click(with_tiny, form, data)
     assert message.startswith("**Not started.** dataset_id")
-    dataset = actions.add_sample(with_tiny, "arithmetic")
+    dataset = data_actions.add_sample(with_tiny, "arithmetic")
     form, data = filled_form(with_tiny, dataset=dataset["id"], r=4, max_steps=2)
     message = on_start_click(with_tiny, form, data)
     assert message.startswith("**Started.** Job `job-")
@@ -221,3 +261,18 @@ def test_curves_start_with_every_series_the_job_will_have(store):
     no_eval = store.add_job("k", {"training": {"eval_fraction": 0.0}}, None)
     store.add_metric(no_eval.id, step=1, loss=2.5)
     assert list(curves(no_eval, store.list_metrics(no_eval.id))["series"]) == ["loss"]
+
+
+def test_histogram_axis_starts_at_the_shortest_row():
+    from webui.data_tab import histogram_html
+
+    stats = {
+        "histogram": {"edges": [50, 55, 60, 65], "counts": [2, 0, 4]},
+        "max_length": 60,
+        "truncated_rows": 4,
+        "chunked_rows": 0,
+    }
+    page = histogram_html(stats)
+    assert "Tokens per row: 50 to 64; red: past max length 60 (4 rows)" in page
+    assert "<span>50</span><span>57</span><span>65 tokens</span>" in page
+    assert page.count('class="al-bar over"') == 1 and 'style="height:50.0%"' in page

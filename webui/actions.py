@@ -6,9 +6,7 @@ with a message meant for the user (the API turns those into gradio errors).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import tempfile
 import time
 import zipfile
@@ -17,107 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from finetune.counts import count_parameters
-from finetune.data import common_system_prompt, parse_file, read_rows, write_rows
+from finetune.data import common_system_prompt, read_rows
 from finetune.fields import SpecError
 from finetune.generate import GenerationParams, ModelCache
 from finetune.models import resolve_model
-from finetune.samples import SAMPLES
 from finetune.spec import parse_spec
 from jobs.queue import submit_job
 from storage.settings import Settings
-from storage.store import Dataset, Job, Store
+from storage.store import Job, NotFound, Store
 
 PLAYGROUND = ModelCache(capacity=1)  # the web process's one model cache
-PREVIEW_ROWS = 5
-
-
-def dataset_info(dataset: Dataset) -> dict[str, Any]:
-    return {
-        "id": dataset.id,
-        "name": dataset.name,
-        "format": dataset.format,
-        "rows": dataset.rows,
-        "columns": dataset.columns,
-        "warnings": dataset.warnings,
-    }
-
-
-def upload_dataset(settings: Settings, file_path: str | Path, name: str = "") -> dict[str, Any]:
-    """Validate an uploaded file completely, then store it; a bad file stores nothing."""
-    if not file_path:
-        raise ValueError("Choose a file to upload.")
-    source = Path(file_path)
-    if not source.is_file():
-        raise ValueError("The uploaded file did not arrive; try again.")
-    size = source.stat().st_size
-    if size > settings.max_upload_mb * 2**20:
-        raise ValueError(
-            f"The file is {size / 2**20:.1f} MB; the limit is {settings.max_upload_mb} MB "
-            "(ADAPTERLAB_MAX_UPLOAD_MB)."
-        )
-    suffix = source.suffix.lower()
-    parsed = parse_file(source, suffix)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    store = Store(settings.data_dir)
-    existing = store.find_dataset_by_hash(digest)
-    if existing is not None:
-        info = dataset_info(existing)
-        info["warnings"] = [
-            *existing.warnings,
-            f"This file was uploaded before as '{existing.name}'; that dataset is used.",
-        ]
-        return info
-    staging = store.tmp_dir()
-    try:
-        shutil.copyfile(source, staging / f"original{suffix}")
-        write_rows(parsed.rows, staging / "rows.jsonl")
-        dataset = store.add_dataset(
-            staging,
-            name=(name or "").strip()[:200] or source.stem[:200] or "dataset",
-            format=parsed.format,
-            rows=len(parsed.rows),
-            columns=parsed.columns,
-            warnings=parsed.warnings,
-            source_file=f"original{suffix}",
-            content_hash=digest,
-        )
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return dataset_info(dataset)
-
-
-def add_sample(settings: Settings, sample: str) -> dict[str, Any]:
-    """Store a bundled sample as a dataset (once; later calls return the same one)."""
-    if sample not in SAMPLES:
-        raise ValueError(f"Unknown sample {sample!r} (known: {', '.join(SAMPLES)}).")
-    label, make_rows = SAMPLES[sample]
-    try:
-        rows = make_rows()
-    except (ImportError, OSError) as exc:
-        raise ValueError(
-            f"The {sample} sample cannot be built here ({exc}); run `make run`."
-        ) from None
-    store = Store(settings.data_dir)
-    staging = store.tmp_dir()
-    try:
-        path = staging / f"{sample}.jsonl"
-        write_rows(rows, path)
-        info = upload_dataset(settings, path, label)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    info["warnings"] = [w for w in info["warnings"] if "uploaded before" not in w]
-    return info
-
-
-def preview_dataset(settings: Settings, dataset_id: str, n: int = PREVIEW_ROWS) -> list[dict]:
-
-    store = Store(settings.data_dir)
-    dataset = store.get_dataset(dataset_id)
-    return read_rows(store.dataset_dir(dataset.id) / "rows.jsonl")[:n]
-
-
-def list_datasets(settings: Settings) -> list[dict[str, Any]]:
-    return [dataset_info(d) for d in Store(settings.data_dir).list_datasets()]
 
 
 def estimate(settings: Settings, spec: Any) -> dict[str, Any]:
@@ -275,7 +182,11 @@ def training_system_prompt(settings: Settings, adapter_id: str) -> str:
     if adapter.job_id is None:
         return ""
     dataset_id = store.get_job(adapter.job_id).spec["dataset_id"]
-    return common_system_prompt(read_rows(store.dataset_dir(dataset_id) / "rows.jsonl"))
+    try:
+        folder = store.dataset_dir(store.get_dataset(dataset_id).id)
+    except NotFound:
+        return ""
+    return common_system_prompt(read_rows(folder / "rows.jsonl"))
 
 
 def download_adapter(settings: Settings, adapter_id: str) -> Path:

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from storage.settings import Settings
-from webui import actions
+from webui import actions, data_actions
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -48,14 +48,24 @@ def register_api(settings: Settings) -> None:
         return actions.list_jobs(settings)
 
     def list_datasets() -> list:
-        return actions.list_datasets(settings)
+        """Every dataset: {id, name, format, rows, eval_rows, dropped_rows, mapping, stats, ...}."""
+        return data_actions.list_datasets(settings)
+
+    def preview_dataset(dataset_id: str, base_model: str = "", max_length: int = 0) -> dict:
+        """The first examples as training sees them with base_model's chat template (loss
+        tokens marked), the token-length histogram and stats; max_length 0 = the default."""
+        return data_actions.preview_dataset(settings, dataset_id, base_model, max_length)
+
+    def delete_dataset(dataset_id: str) -> dict:
+        """Delete a dataset that no job uses -> {deleted}."""
+        return data_actions.delete_dataset(settings, dataset_id)
 
     def list_adapters() -> list:
         return actions.list_adapters(settings)
 
     def add_sample(sample: str) -> dict:
-        """Store a bundled sample ('arithmetic' or 'chatterbot') as a dataset."""
-        return actions.add_sample(settings, sample)
+        """Store a bundled sample as a dataset: arithmetic, chatterbot, topics, doc_titles."""
+        return data_actions.add_sample(settings, sample)
 
     def generate(
         base_model: str,
@@ -73,6 +83,8 @@ def register_api(settings: Settings) -> None:
         cancel_job,
         list_jobs,
         list_datasets,
+        preview_dataset,
+        delete_dataset,
         list_adapters,
         add_sample,
         generate,
@@ -81,17 +93,26 @@ def register_api(settings: Settings) -> None:
 
     # Endpoints that take or return a file need file components; they stay out of sight.
     with gr.Column(visible=False):
-        file_in = gr.File(type="filepath")
+        files_in = gr.File(type="filepath", file_count="multiple")
         name_in = gr.Textbox()
+        options_in = gr.JSON()
+        eval_in = gr.File(type="filepath", file_count="multiple")
         info_out = gr.JSON()
         adapter_in = gr.Textbox()
         zip_out = gr.File()
         upload_button = gr.Button()
         download_button = gr.Button()
 
-    def upload_dataset(file: str, name: str = "") -> dict[str, Any]:
-        """Upload a JSON / JSONL / CSV file -> {id, name, format, rows, columns, warnings}."""
-        return actions.upload_dataset(settings, file, name)
+    def upload_dataset(
+        files: list[str] | None,
+        name: str = "",
+        options: dict | None = None,
+        eval_files: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Files (CSV, TSV, JSON, JSONL, Parquet, text, or a .zip / .gz of them) -> the dataset's
+        info plus `bad_rows`; options: format, mapping, on_bad_rows, labels, text_mode,
+        base_model, max_length, hub_id, hub_split, hub_subset."""
+        return data_actions.upload_dataset(settings, files, name, options, eval_files)
 
     def download_adapter(adapter_id: str) -> str:
         """The adapter folder as a .zip file."""
@@ -99,7 +120,7 @@ def register_api(settings: Settings) -> None:
 
     upload_button.click(
         user_errors(upload_dataset),
-        [file_in, name_in],
+        [files_in, name_in, options_in, eval_in],
         info_out,
         api_name="upload_dataset",
     )

@@ -7,10 +7,10 @@ import gradio as gr
 from storage.settings import Settings
 from webui.adapters_tab import adapters_rows, build_adapters_tab
 from webui.api import register_api
-from webui.data_tab import build_data_tab, datasets_rows
+from webui.data_tab import build_data_tab, dataset_choices, datasets_rows
 from webui.jobs_tab import build_jobs_tab
 from webui.playground_tab import adapter_choices, build_playground_tab
-from webui.train_tab import build_train_tab, dataset_choices, on_form_change
+from webui.train_tab import build_train_tab, on_form_change
 
 THEME = gr.themes.Soft(primary_hue="orange")
 
@@ -58,8 +58,8 @@ def build_app(settings: Settings) -> gr.Blocks:
         adapters_tab.select(**refresh_adapters)
         app.load(**refresh_adapters)
         app.load(
-            lambda: datasets_rows(settings),
-            outputs=[data.datasets_table],
+            lambda: (datasets_rows(settings), gr.update(choices=dataset_choices(settings))),
+            outputs=[data.datasets_table, data.dataset_dropdown],
             api_visibility="private",
         )
         app.load(

@@ -13,6 +13,7 @@ from finetune.models import resolve_model
 from finetune.spec import TRAINING_FIELDS
 from storage.settings import Settings
 from webui import actions
+from webui.data_tab import dataset_choices
 from webui.forms import base_model_dropdown, field_component, read_values
 
 # A first run of a few minutes on a CPU with the bundled model; the API's defaults stay neutral.
@@ -40,10 +41,6 @@ class TrainForm:
             *self.method_inputs.values(),
             *self.training_inputs.values(),
         }
-
-
-def dataset_choices(settings: Settings) -> list[tuple[str, str]]:
-    return [(f"{d['name']} ({d['rows']:,} rows)", d["id"]) for d in actions.list_datasets(settings)]
 
 
 def read_form(form: TrainForm, data: dict) -> dict[str, Any]:

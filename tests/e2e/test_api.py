@@ -66,7 +66,7 @@ def spec(dataset_id, **training):
 
 def test_upload_train_generate_download(client, launched_app, tmp_path):
     info = client.predict(
-        handle_file(arithmetic_file(tmp_path)), "sums", api_name="/upload_dataset"
+        [handle_file(arithmetic_file(tmp_path))], "sums", api_name="/upload_dataset"
     )
     assert (info["name"], info["format"], info["rows"]) == ("sums", "prompt_completion", 60)
 
@@ -105,7 +105,7 @@ def test_upload_train_generate_download(client, launched_app, tmp_path):
 
 def test_cancel_a_running_job(client, tmp_path):
     info = client.predict(
-        handle_file(arithmetic_file(tmp_path)), "sums", api_name="/upload_dataset"
+        [handle_file(arithmetic_file(tmp_path))], "sums", api_name="/upload_dataset"
     )
     started = client.predict(spec(info["id"], max_steps=1000), api_name="/start_job")
     poll(client, started["job_id"], lambda s: s["step"] >= 1)
@@ -128,6 +128,8 @@ def test_cancel_a_running_job(client, tmp_path):
             "dataset_id: no dataset",
         ),
         ("/job_status", ("../../etc/passwd",), "is not a job id"),
+        ("/delete_dataset", ("../ds-0123456789ab",), "is not a dataset id"),
+        ("/preview_dataset", ("ds-0123456789ab", "", 0), "does not exist"),
         ("/download_adapter", ("ad-0123456789ab",), "does not exist"),
         ("/generate", ("SmolLM2-135M-Instruct", [None], " ", {}), "Type a prompt first"),
     ],
@@ -137,12 +139,35 @@ def test_errors_reach_the_client_in_plain_words(client, endpoint, args, message)
         client.predict(*args, api_name=endpoint)
 
 
-def test_bad_upload_is_refused_with_the_row(client, tmp_path):
+def test_bad_rows_refused_or_dropped_then_previewed_and_deleted(client, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": ""}\n')
-    with pytest.raises(Exception, match=r"Row 2: the answer \('completion'\) is empty"):
-        client.predict(handle_file(path), "bad", api_name="/upload_dataset")
+    with pytest.raises(
+        Exception, match=r"1 of 2 rows cannot be used: Row 2 \(completion\): is empty"
+    ):
+        client.predict([handle_file(path)], "bad", api_name="/upload_dataset")
     assert all(d["name"] != "bad" for d in client.predict(api_name="/list_datasets"))
+
+    held = tmp_path / "held.jsonl"
+    held.write_text('{"prompt": "x", "completion": "y"}\n')
+    info = client.predict(
+        [handle_file(path)],
+        "bad",
+        {"on_bad_rows": "drop"},
+        [handle_file(held)],
+        api_name="/upload_dataset",
+    )
+    assert (info["rows"], info["eval_rows"], info["dropped_rows"]) == (1, 1, 1)
+    assert info["bad_rows"] == [
+        {"row": 2, "column": "completion", "problem": "is empty", "source": ""}
+    ]
+    preview = client.predict(info["id"], "SmolLM2-135M-Instruct", 0, api_name="/preview_dataset")
+    (example,) = preview["examples"]
+    assert [s["kind"] for s in example["segments"]] == ["prompt", "loss"]
+    assert example["segments"][1]["text"] == "b<|im_end|>\n"
+    assert preview["token_stats"]["tokens_max"] == example["tokens"]
+    assert client.predict(info["id"], api_name="/delete_dataset") == {"deleted": info["id"]}
+    assert all(d["id"] != info["id"] for d in client.predict(api_name="/list_datasets"))
 
 
 def test_a_dead_worker_is_replaced(client, launched_app, tmp_path):
@@ -164,7 +189,7 @@ def test_a_dead_worker_is_replaced(client, launched_app, tmp_path):
     replacement = poll_until(lambda: (w := worker()) and w.pid != first.pid and w)
     assert replacement.is_running()
     info = client.predict(
-        handle_file(arithmetic_file(tmp_path)), "sums", api_name="/upload_dataset"
+        [handle_file(arithmetic_file(tmp_path))], "sums", api_name="/upload_dataset"
     )
     started = client.predict(spec(info["id"], max_steps=1), api_name="/start_job")
     done = poll(client, started["job_id"], lambda s: s["status"] not in ("queued", "running"))

@@ -58,26 +58,36 @@ def open_tab(page, name: str) -> None:
     expect(tab).to_have_attribute("aria-selected", "true")
 
 
-@pytest.mark.e2e
-def test_user_flow_in_chromium(launched_app: LaunchedApp, tmp_path: Path):
+def in_chromium(app: LaunchedApp, flow, failure_png: str, **context_options) -> None:
+    """Run flow(page) in a fresh headless Chromium; on failure, a screenshot and the app log."""
     if not CHROMIUM.is_file():
         pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium")
     expect.set_options(timeout=ms(UI_TIMEOUT_S))  # the timer and handlers share 2 busy cores
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+            context = browser.new_context(viewport=VIEWPORT, **context_options)
             context.set_default_timeout(ms(UI_TIMEOUT_S))
             page = context.new_page()
             try:
-                user_flow(page, launched_app, tmp_path)
+                flow(page)
             except BaseException:
-                shot(page, "failure.png")
-                print(f"--- app log (tail) ---\n{launched_app.log.read_text()[-4000:]}")
+                shot(page, failure_png)
+                print(f"--- app log (tail) ---\n{app.log.read_text()[-4000:]}")
                 raise
         finally:
             browser.close()
             expect.set_options(timeout=5_000)  # Playwright's default, for any later test
+
+
+@pytest.mark.e2e
+def test_user_flow_in_chromium(launched_app: LaunchedApp, tmp_path: Path):
+    in_chromium(
+        launched_app,
+        lambda page: user_flow(page, launched_app, tmp_path),
+        "failure.png",
+        accept_downloads=True,
+    )
 
 
 def user_flow(page, app: LaunchedApp, tmp_path: Path) -> None:
@@ -90,9 +100,9 @@ def user_flow(page, app: LaunchedApp, tmp_path: Path) -> None:
         re.compile("arithmetic", re.IGNORECASE)
     )
     page.get_by_role("button", name="Use this sample").click()
-    summary = page.get_by_text(re.compile(r"2,000 rows, format messages"))
+    summary = page.get_by_text(re.compile(r"2,000 training rows, 200 eval rows"))
     expect(summary).to_be_visible()
-    expect(page.get_by_text("First rows, as chat turns")).to_be_visible()
+    expect(page.locator(".al-loss").first).to_be_visible()  # the answer tokens, marked
     expect(page.get_by_role("grid", name="Datasets")).to_contain_text("2000")
     shot(page, "tab-data.png")
 

@@ -1,0 +1,417 @@
+"""Dataset actions (upload, samples, preview, list, delete), shared by the Data tab and the API.
+
+Like actions.py: plain values in, plain data out, ValueError / LookupError with a message meant
+for the user. An upload is read, checked and normalized completely before anything is written;
+then its folder and its row appear together, or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import statistics
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from finetune.data import (
+    ON_BAD_ROWS,
+    SCHEMAS,
+    BadRows,
+    Parsed,
+    Problem,
+    apply_policy,
+    content_stats,
+    detect,
+    parse,
+    problems_json,
+    sample_rows,
+    write_lines,
+)
+from finetune.models import hub_reachable, resolve_model
+from finetune.samples import SAMPLES
+from finetune.sources import (
+    TEXT_MODES,
+    DataError,
+    Limits,
+    Records,
+    read_hub,
+    read_source,
+    suffix_of,
+)
+from finetune.spec import TRAINING_FIELDS
+from storage.settings import Settings
+from storage.store import Dataset, InUse, Store
+
+PREVIEW_EXAMPLES = 3
+BAD_ROWS_KEPT = 1000  # problems returned and stored per upload; the count is always exact
+DEFAULT_MAX_LENGTH = next(f.default for f in TRAINING_FIELDS if f.name == "max_length")
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    """How to read an upload; every field optional. Unknown keys are refused, not ignored."""
+
+    format: str = ""  # a schema id; "" detects it
+    mapping: dict[str, str] = field(default_factory=dict)  # schema field -> column
+    on_bad_rows: str = "refuse"  # or "drop"
+    labels: list[str] = field(default_factory=list)  # classification: the allowed labels
+    text_mode: str = "blocks"  # .txt files: "blocks" (blank-line separated) or "file"
+    base_model: str = ""  # given: rows longer than max_length in its tokens are bad rows
+    max_length: int = DEFAULT_MAX_LENGTH
+    hub_id: str = ""  # a Hub dataset instead of files
+    hub_split: str = "train"
+    hub_subset: str = ""
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | None) -> UploadOptions:
+        raw = dict(raw or {})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ValueError(f"options.{unknown[0]}: unknown option (known: {', '.join(known)}).")
+        opts = cls(**{k: v for k, v in raw.items() if v is not None})
+        if opts.format and opts.format not in SCHEMAS:
+            raise ValueError(f"options.format: {opts.format!r} is not one of {', '.join(SCHEMAS)}.")
+        if opts.on_bad_rows not in ON_BAD_ROWS:
+            raise ValueError(f"options.on_bad_rows: must be one of {', '.join(ON_BAD_ROWS)}.")
+        if opts.text_mode not in TEXT_MODES:
+            raise ValueError(f"options.text_mode: must be one of {', '.join(TEXT_MODES)}.")
+        if not isinstance(opts.mapping, dict):
+            raise ValueError("options.mapping: must be an object of schema field -> column.")
+        if not isinstance(opts.labels, list) or not all(isinstance(x, str) for x in opts.labels):
+            raise ValueError("options.labels: must be a list of label strings.")
+        if isinstance(opts.max_length, bool) or not isinstance(opts.max_length, int):
+            raise ValueError("options.max_length: must be a whole number.")
+        if not 16 <= opts.max_length <= 131072:
+            raise ValueError("options.max_length: must be from 16 to 131072.")
+        return opts
+
+    def key(self) -> str:
+        """What, besides the bytes, decides the stored rows (part of the content hash)."""
+        parts = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not self.base_model:
+            parts.pop("max_length")
+        return json.dumps(parts, sort_keys=True)
+
+
+def limits(settings: Settings) -> Limits:
+    return Limits(
+        max_bytes=settings.max_upload_mb * 2**20,
+        max_rows=settings.max_rows,
+        max_row_bytes=settings.max_row_kb * 2**10,
+    )
+
+
+def dataset_info(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "id": dataset.id,
+        "name": dataset.name,
+        "format": dataset.format,
+        "rows": dataset.rows,
+        "eval_rows": dataset.eval_rows,
+        "dropped_rows": dataset.dropped_rows,
+        "columns": dataset.columns,
+        "mapping": dataset.mapping,
+        "sources": dataset.sources,
+        "stats": dataset.stats,
+        "warnings": dataset.warnings,
+        "created_at": dataset.created_at,
+    }
+
+
+def _file_list(files: Any) -> list[tuple[Path, str]]:
+    """(path on disk, name shown) for each upload. The name only picks a reader and is shown."""
+    if files is None or files == "":
+        return []
+    items = files if isinstance(files, list | tuple) else [files]
+    out = []
+    for item in items:
+        path = Path(item if isinstance(item, str | Path) else getattr(item, "name", ""))
+        if not str(item) or not path.is_file():
+            raise ValueError("An uploaded file did not arrive; try again.")
+        out.append((path, path.name))
+    return out
+
+
+def read_sources(settings: Settings, files: Any, opts: UploadOptions) -> list[Records]:
+    if opts.hub_id:
+        if _file_list(files):
+            raise ValueError("Give files or a Hub dataset id, not both.")
+        return [
+            read_hub(opts.hub_id, opts.hub_split, opts.hub_subset, limits(settings), hub_reachable)
+        ]
+    listed = _file_list(files)
+    if not listed:
+        raise ValueError("Choose a file to upload (or give a Hub dataset id).")
+    sources: list[Records] = []
+    for path, name in listed:
+        sources.extend(read_source(path, name, limits(settings), opts.text_mode))
+    total = sum(len(s.records) for s in sources)
+    if total > settings.max_rows:
+        raise DataError(
+            f"The files hold {total:,} rows together; the limit is {settings.max_rows:,}."
+        )
+    return sources
+
+
+def inspect_columns(settings: Settings, files: Any, text_mode: str = "blocks") -> dict[str, Any]:
+    """The columns of an upload and the schema and mapping detected, for the mapping control."""
+    opts = UploadOptions.parse({"text_mode": text_mode})
+    sources = read_sources(settings, files, opts)
+    records = [r for s in sources for r in s.records[:1000] if isinstance(r, dict)]
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    try:
+        schema_id, mapping = detect(columns, records)
+    except DataError:
+        schema_id, mapping = "", {}
+    return {"columns": columns, "format": schema_id, "mapping": mapping}
+
+
+def _check_lengths(settings: Settings, parsed: Parsed, opts: UploadOptions) -> None:
+    """Chat rows longer than max_length in the chosen model's tokens become bad rows."""
+    if not opts.base_model or parsed.format == "text":  # text is cut into chunks, not truncated
+        return
+    from finetune.preview import load_tokenizer, token_lengths
+
+    tokenizer = load_tokenizer(
+        str(resolve_model(opts.base_model, settings.models_dir)), settings.allow_remote_code
+    )
+    lengths = token_lengths(tokenizer, parsed.rows)
+    bad = {
+        key: Problem(
+            key[1],
+            "",
+            f"is {n} tokens of {opts.base_model}; "
+            f"max length {opts.max_length} would cut its answer",
+            key[0],
+        )
+        for key, n in zip(parsed.keys, lengths, strict=True)
+        if n > opts.max_length
+    }
+    if bad:
+        parsed.drop(bad)
+
+
+def _parse_all(
+    settings: Settings, files: Any, eval_files: Any, opts: UploadOptions
+) -> tuple[Parsed, Parsed | None, list[Records]]:
+    sources = read_sources(settings, files, opts)
+    parsed = parse(sources, opts.format, opts.mapping, opts.labels)
+    _check_lengths(settings, parsed, opts)
+    apply_policy(parsed, opts.on_bad_rows)
+    eval_parsed, eval_sources = None, []
+    if _file_list(eval_files):
+        try:
+            eval_sources = read_sources(
+                settings, eval_files, UploadOptions(text_mode=opts.text_mode)
+            )
+            missing = [c for c in parsed.mapping.values() if c not in columns_of(eval_sources)]
+            if missing:
+                raise DataError(
+                    f"it needs the training file's columns; {', '.join(missing)} is missing."
+                )
+            # The eval file follows the train file's schema, mapping and labels.
+            eval_parsed = parse(eval_sources, parsed.format, parsed.mapping, parsed.labels)
+            _check_lengths(settings, eval_parsed, opts)
+            apply_policy(eval_parsed, opts.on_bad_rows)
+        except BadRows as exc:
+            raise BadRows([_in_eval(p) for p in exc.problems], exc.total) from None
+        except DataError as exc:
+            raise DataError(f"Eval file: {exc}") from None
+        total = len(parsed.rows) + len(eval_parsed.rows)
+        if total > settings.max_rows:
+            raise DataError(
+                f"Training and eval rows are {total:,}; the limit is {settings.max_rows:,}."
+            )
+        shared = len(set(parsed.lines) & set(eval_parsed.lines))
+        if shared:
+            eval_parsed.warnings.append(
+                f"{shared:,} eval rows also appear in the training rows, so eval loss there "
+                "measures memory, not generalization."
+            )
+    return parsed, eval_parsed, sources + eval_sources
+
+
+def columns_of(sources: list[Records]) -> set[str]:
+    return {k for s in sources for r in s.records if isinstance(r, dict) for k in r}
+
+
+def _in_eval(problem: Problem) -> Problem:
+    return Problem(problem.row, problem.column, problem.problem, problem.source or "eval file")
+
+
+def _digest(files: list[tuple[Path, str]], eval_files: list[tuple[Path, str]], key: str) -> str:
+    h = hashlib.sha256()
+    for group in (files, eval_files):
+        for path, _ in group:
+            with path.open("rb") as f:
+                while chunk := f.read(2**20):
+                    h.update(chunk)
+            h.update(b"\x00file\x00")
+        h.update(b"\x00eval\x00")
+    h.update(key.encode())
+    return h.hexdigest()
+
+
+def upload_dataset(
+    settings: Settings,
+    files: Any,
+    name: str = "",
+    options: dict[str, Any] | None = None,
+    eval_files: Any = None,
+) -> dict[str, Any]:
+    """Validate an upload completely, then store it; a refused or broken upload stores nothing.
+
+    Returns the dataset's info plus `bad_rows` (the rows dropped, with row numbers and columns)
+    and `existing` (True when the same content was uploaded before: that dataset is returned).
+    """
+    opts = UploadOptions.parse(options)
+    parsed, eval_parsed, sources = _parse_all(settings, files, eval_files, opts)
+    store = Store(settings.data_dir)
+    listed, eval_listed = _file_list(files), _file_list(eval_files)
+    digest = _digest(listed, eval_listed, opts.key())
+    existing = store.find_dataset_by_hash(digest)
+    if existing is not None:
+        info = dataset_info(existing)
+        info["warnings"] = [
+            *existing.warnings,
+            f"The same content was uploaded before as '{existing.name}'; that dataset is used.",
+        ]
+        return {**info, "bad_rows": _stored_problems(store, existing.id), "existing": True}
+    problems = parsed.problems + [
+        _in_eval(p) for p in (eval_parsed.problems if eval_parsed else [])
+    ]
+    default_name = opts.hub_id or (Path(listed[0][1]).stem if listed else "") or "dataset"
+    staging = store.tmp_dir()
+    try:
+        originals = []
+        for i, (path, shown) in enumerate(listed + eval_listed, start=1):
+            kind = "eval" if i > len(listed) else "original"
+            stored = f"{kind}-{i}{suffix_of(shown) or '.bin'}"  # our name, never the user's
+            shutil.copyfile(path, staging / stored)
+            originals.append(stored)
+        write_lines(parsed.lines, staging / "rows.jsonl")
+        if eval_parsed is not None:
+            write_lines(eval_parsed.lines, staging / "eval.jsonl")
+        (staging / "problems.json").write_text(
+            json.dumps(problems_json(problems[:BAD_ROWS_KEPT]), ensure_ascii=False),
+            encoding="utf-8",
+        )
+        stats = content_stats(parsed.rows)
+        if parsed.labels:
+            stats["labels"] = parsed.labels
+        dataset = store.add_dataset(
+            staging,
+            name=(name or "").strip()[:200] or default_name[:200],
+            format=parsed.format,
+            rows=len(parsed.rows),
+            columns=parsed.columns,
+            warnings=parsed.warnings + (eval_parsed.warnings if eval_parsed else []),
+            source_file=originals[0] if originals else "",
+            content_hash=digest,
+            mapping=parsed.mapping,
+            eval_rows=len(eval_parsed.rows) if eval_parsed else 0,
+            dropped_rows=len(problems),
+            sources=[s.label for s in sources],
+            stats=stats,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {
+        **dataset_info(dataset),
+        "bad_rows": problems_json(problems[:BAD_ROWS_KEPT]),
+        "existing": False,
+    }
+
+
+def _stored_problems(store: Store, dataset_id: str) -> list[dict]:
+    path = store.dataset_dir(dataset_id) / "problems.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def add_sample(settings: Settings, sample: str) -> dict[str, Any]:
+    """Store a bundled sample as a dataset (once; later calls return the same one)."""
+    if sample not in SAMPLES:
+        raise ValueError(f"Unknown sample {sample!r} (known: {', '.join(SAMPLES)}).")
+    entry = SAMPLES[sample]
+    try:
+        train, held_out = entry.build()
+    except (ImportError, OSError) as exc:
+        raise ValueError(
+            f"The {sample} sample cannot be built here ({exc}); run `make run`."
+        ) from None
+    store = Store(settings.data_dir)
+    staging = store.tmp_dir()
+    try:
+        path = staging / f"{sample}.jsonl"
+        write_lines([json.dumps(r, ensure_ascii=False) for r in train], path)
+        eval_path = None
+        if held_out:
+            eval_path = staging / f"{sample}-eval.jsonl"
+            write_lines([json.dumps(r, ensure_ascii=False) for r in held_out], eval_path)
+        info = upload_dataset(settings, path, entry.label, {}, eval_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    info["warnings"] = [w for w in info["warnings"] if "uploaded before" not in w]
+    return info
+
+
+def preview_dataset(
+    settings: Settings,
+    dataset_id: str,
+    base_model: str = "",
+    max_length: int | None = None,
+    examples: int = PREVIEW_EXAMPLES,
+) -> dict[str, Any]:
+    """The first examples as training sees them with base_model's tokenizer, and the stats.
+
+    Without a base model: the normalized rows and the model-free stats only.
+    """
+    from finetune.preview import STATS_SAMPLE
+
+    store = Store(settings.data_dir)
+    dataset = store.get_dataset(dataset_id)
+    folder = store.dataset_dir(dataset.id)
+    first, sample, total = sample_rows(folder / "rows.jsonl", examples, STATS_SAMPLE)
+    out: dict[str, Any] = {
+        "dataset": dataset_info(dataset),
+        "rows": first,
+        "bad_rows": _stored_problems(store, dataset.id)[:100],
+    }
+    if not base_model:
+        return out
+    max_length = DEFAULT_MAX_LENGTH if max_length in (None, 0) else int(max_length)
+    if not 16 <= max_length <= 131072:
+        raise ValueError("max_length: must be from 16 to 131072.")
+    from finetune.preview import load_tokenizer, render, token_stats
+
+    model = resolve_model(base_model, settings.models_dir)
+    tokenizer = load_tokenizer(str(model), settings.allow_remote_code)
+    out["examples"] = [ex for row in first for ex in render(tokenizer, row, max_length)]
+    stats = token_stats(tokenizer, sample, max_length, total)
+    history = store.throughput(base_model)
+    tps = statistics.median(history) if history else None
+    stats["tokens_per_s_history"] = round(tps, 1) if tps else None
+    stats["seconds_per_epoch"] = round(stats["tokens_per_epoch"] / tps, 1) if tps else None
+    out["token_stats"] = stats
+    return out
+
+
+def list_datasets(settings: Settings) -> list[dict[str, Any]]:
+    return [dataset_info(d) for d in Store(settings.data_dir).list_datasets()]
+
+
+def delete_dataset(settings: Settings, dataset_id: str) -> dict[str, Any]:
+    """Delete a dataset no job uses (a job keeps its dataset for its record and a rerun)."""
+    store = Store(settings.data_dir)
+    dataset = store.get_dataset(dataset_id)
+    jobs = store.jobs_using(dataset.id)
+    if jobs:
+        raise InUse(
+            f"Dataset '{dataset.name}' is used by {len(jobs)} job(s) ({', '.join(jobs[:3])}); "
+            "it stays while they refer to it."
+        )
+    store.delete_dataset(dataset.id)
+    return {"deleted": dataset.id}
