@@ -127,6 +127,9 @@ def test_form_counts_and_start(with_tiny):
     assert message.startswith("**Not started.** dataset_id")
     dataset = data_actions.add_sample(with_tiny, "arithmetic")
     form, data = filled_form(with_tiny, dataset=dataset["id"], r=4, max_steps=2)
+    assert "2,000 training rows and its own eval split of 200 rows" in on_form_change(
+        with_tiny, form, data
+    )
     message = on_start_click(with_tiny, form, data)
     assert message.startswith("**Started.** Job `job-")
     job = Store(with_tiny.data_dir).list_jobs()[0]

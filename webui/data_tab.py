@@ -4,6 +4,7 @@ what the model will see (chat template applied, the tokens that carry loss marke
 from __future__ import annotations
 
 import html
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,15 @@ class DataTab:
 
 def datasets_rows(settings: Settings) -> list[list]:
     return [
-        [d["name"], d["id"], d["format"], d["rows"], d["eval_rows"], d["dropped_rows"]]
+        [
+            d["name"],
+            d["id"],
+            d["format"],
+            d["rows"],
+            d["eval_rows"],
+            d["dropped_rows"],
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created_at"])),
+        ]
         for d in data_actions.list_datasets(settings)
     ]
 
@@ -346,7 +355,7 @@ def build_data_tab(settings: Settings) -> DataTab:
         )
         delete_button = gr.Button("Delete dataset", variant="stop", scale=1)
     table = gr.Dataframe(
-        headers=["name", "id", "schema", "rows", "eval rows", "dropped"],
+        headers=["name", "id", "schema", "rows", "eval rows", "dropped", "created"],
         label="Datasets",
         interactive=False,
     )

@@ -12,6 +12,7 @@ from finetune.methods import METHODS, get_method
 from finetune.models import resolve_model
 from finetune.spec import TRAINING_FIELDS
 from storage.settings import Settings
+from storage.store import Store
 from webui import actions
 from webui.data_tab import dataset_choices
 from webui.forms import base_model_dropdown, field_component, read_values
@@ -66,8 +67,23 @@ def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
         return f"**Cannot count:** {exc}"
     return (
         f"**Trainable parameters: {est['trainable_params']:,}** of {est['total_params']:,} "
-        f"(**{est['trainable_percent']:.3f}%**)"
+        f"(**{est['trainable_percent']:.3f}%**)" + dataset_note(settings, spec)
     )
+
+
+def dataset_note(settings: Settings, spec: dict) -> str:
+    """Which rows the job will train and evaluate on."""
+    try:
+        dataset = Store(settings.data_dir).get_dataset(spec["dataset_id"])
+    except LookupError:
+        return ""
+    if dataset.eval_rows:
+        return (
+            f"\n\nDataset: {dataset.rows:,} training rows and its own eval split of "
+            f"{dataset.eval_rows:,} rows (the eval fraction is not used)."
+        )
+    held = int(dataset.rows * (spec["training"].get("eval_fraction") or 0))
+    return f"\n\nDataset: {dataset.rows:,} rows; the eval fraction holds out {held:,} of them."
 
 
 def on_start_click(settings: Settings, form: TrainForm, data: dict) -> str:
