@@ -463,8 +463,8 @@ def _label_rows(parsed: Parsed, label_set: set[str]) -> None:
         parsed.lines[i] = json.dumps(row, ensure_ascii=False)
 
 
-def apply_policy(parsed: Parsed, on_bad_rows: str) -> Parsed:
-    """Refuse a file with bad rows (the default), or keep only its good rows."""
+def apply_policy(parsed: Parsed, on_bad_rows: str) -> None:
+    """Refuse a file with bad rows (the default); with "drop", refuse it only if none is good."""
     if on_bad_rows not in ON_BAD_ROWS:
         raise DataError(
             f"on_bad_rows must be one of {', '.join(ON_BAD_ROWS)}, got {on_bad_rows!r}."
@@ -473,7 +473,6 @@ def apply_policy(parsed: Parsed, on_bad_rows: str) -> Parsed:
         raise BadRows(parsed.problems, parsed.total)
     if not parsed.rows:
         raise BadRows(parsed.problems, parsed.total)
-    return parsed
 
 
 def problems_json(problems: list[Problem]) -> list[dict]:

@@ -61,7 +61,10 @@ def text_ids(tokenizer, text: str) -> list[int]:
 
 
 def chunks(ids: list[int], max_length: int) -> list[list[int]]:
-    return [ids[i : i + max_length] for i in range(0, len(ids), max_length)] or [[]]
+    """Max-length pieces; a last piece of one token (often the end-of-text alone) predicts
+    nothing, so it is left out."""
+    pieces = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+    return [p for p in pieces if len(p) > 1] or [ids]
 
 
 def encode_row(tokenizer, row: dict, max_length: int) -> list[Example]:

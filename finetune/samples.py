@@ -17,13 +17,13 @@ from pathlib import Path
 ARITHMETIC_SYSTEM = "You are a calculator. Reply with the number only."
 CLASSIFICATION_TOPICS = ("ai", "coding", "emotion", "money", "science")
 
-Records = list[dict]
+Rows = list[dict]  # records in one of the upload schemas
 
 
 @dataclass(frozen=True)
 class Sample:
     label: str
-    build: Callable[[], tuple[Records, Records]]
+    build: Callable[[], tuple[Rows, Rows]]
 
 
 def _arithmetic_row(a: int, op: str, b: int) -> dict:
@@ -37,7 +37,7 @@ def _arithmetic_row(a: int, op: str, b: int) -> dict:
     }
 
 
-def arithmetic(n: int = 2000, n_eval: int = 200, seed: int = 0) -> tuple[Records, Records]:
+def arithmetic(n: int = 2000, n_eval: int = 200, seed: int = 0) -> tuple[Rows, Rows]:
     """'What is 47 + 85?' -> '132': two-digit +, - and x (as in GOAT), eval on unseen sums."""
     rng = random.Random(seed)
     seen: dict[tuple[int, str, int], None] = {}
@@ -64,12 +64,12 @@ def _conversations(path: Path) -> list[list[str]]:
     ]
 
 
-def _unique(rows: Records) -> Records:
+def _unique(rows: Rows) -> Rows:
     """The corpora repeat themselves (chatterbot's tech_support half its lines): keep the first."""
     return list({json.dumps(r, sort_keys=True): r for r in rows}.values())
 
 
-def chatterbot() -> tuple[Records, Records]:
+def chatterbot() -> tuple[Rows, Rows]:
     """English prompt/response pairs from chatterbot-corpus (BSD)."""
     rows = [
         {
@@ -85,7 +85,7 @@ def chatterbot() -> tuple[Records, Records]:
     return _unique(rows), []
 
 
-def topics() -> tuple[Records, Records]:
+def topics() -> tuple[Rows, Rows]:
     """Classification: a chatterbot-corpus line -> its topic file, every fifth row held out."""
     rows = []
     for path in _chatterbot_files():
@@ -95,7 +95,7 @@ def topics() -> tuple[Records, Records]:
     return [r for i, r in enumerate(unique) if i % 5], unique[::5]
 
 
-def doc_titles() -> tuple[Records, Records]:
+def doc_titles() -> tuple[Rows, Rows]:
     """Seq2seq: a section of Python's reference manual (pydoc_data) -> its title."""
     from pydoc_data.topics import topics as sections
 

@@ -153,7 +153,8 @@ def _limited(records: Records, name: str, limits: Limits) -> Records:
 
 
 def decode(data: bytes, name: str) -> tuple[str, list[str]]:
-    """UTF-8 (BOM or not), UTF-16 by its BOM, else Latin-1 with a warning; binary is refused."""
+    """UTF-8 (BOM or not), UTF-16 by its BOM, else Windows-1252 (what Excel writes) or Latin-1
+    with a warning; binary is refused."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
             return data.decode("utf-16"), []
@@ -164,13 +165,19 @@ def decode(data: bytes, name: str) -> tuple[str, list[str]]:
     try:
         return data.decode("utf-8-sig"), []
     except UnicodeDecodeError as exc:
-        text = data.decode("latin-1")
-        if sum(not c.isprintable() and c not in "\r\n\t" for c in text[:65536]) > 64:
-            raise DataError(f"{name} looks like a binary file, not text.") from None
-        return text, [
-            f"{name} is not UTF-8 (first bad byte at offset {exc.start}); it was read as "
-            "Latin-1. Check accented text in the preview."
-        ]
+        first_bad = exc.start
+    # Control characters other than tab and line breaks do not occur in text files.
+    controls = sum(b < 32 and b not in b"\t\n\r\x0c" for b in data[:65536])
+    if controls > 64:
+        raise DataError(f"{name} looks like a binary file, not text.")
+    try:
+        text, encoding = data.decode("cp1252"), "Windows-1252"
+    except UnicodeDecodeError:  # five bytes cp1252 leaves undefined
+        text, encoding = data.decode("latin-1"), "Latin-1"
+    return text, [
+        f"{name} is not UTF-8 (first bad byte at offset {first_bad}); it was read as "
+        f"{encoding}. Check accented text and quotes in the preview."
+    ]
 
 
 def _check_line(line: str, number: int, name: str, limits: Limits) -> None:
@@ -191,7 +198,9 @@ def _read_jsonl_bytes(data: bytes, name: str, limits: Limits) -> Records:
         try:
             records.append(json.loads(line))  # bytes: decoded as UTF-8, strictly
         except json.JSONDecodeError as exc:
-            raise DataError(f"{name} line {number} is not valid JSON: {exc.msg}.") from None
+            raise DataError(f"{name} line {number} is not valid JSON: {_msg(exc)}.") from None
+        except RecursionError:
+            raise _too_deep(f"{name} line {number}") from None
         if len(records) > limits.max_rows:
             raise DataError(f"{name} has more than {limits.max_rows:,} rows (the limit).")
     return Records(name, records)
@@ -199,14 +208,17 @@ def _read_jsonl_bytes(data: bytes, name: str, limits: Limits) -> Records:
 
 def _read_jsonl(text: str, name: str, limits: Limits) -> list[Any]:
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines would also break inside a row at U+2028, U+0085 and others.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         _check_line(line, number, name, limits)
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{name} line {number} is not valid JSON: {exc.msg}.") from None
+            raise DataError(f"{name} line {number} is not valid JSON: {_msg(exc)}.") from None
+        except RecursionError:
+            raise _too_deep(f"{name} line {number}") from None
         if len(records) > limits.max_rows:
             raise DataError(f"{name} has more than {limits.max_rows:,} rows (the limit).")
     return records
@@ -215,13 +227,15 @@ def _read_jsonl(text: str, name: str, limits: Limits) -> list[Any]:
 def _read_json(text: str, name: str, limits: Limits) -> list[Any]:
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise _too_deep(name) from None
     except json.JSONDecodeError as exc:
         first_line = text.lstrip().split("\n", 1)[0]
         if "\n" in text.strip() and _parses(first_line):
             return _read_jsonl(text, name, limits)  # a .json file holding JSON lines
         ends_early = exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated")
         raise DataError(
-            f"{name} is not valid JSON: {exc.msg.removesuffix(' at')} (line {exc.lineno}, "
+            f"{name} is not valid JSON: {_msg(exc)} (line {exc.lineno}, "
             f"column {exc.colno})" + ("; is the file cut short?" if ends_early else ".")
         ) from None
     if isinstance(data, dict):
@@ -244,8 +258,16 @@ def _parses(line: str) -> bool:
     try:
         json.loads(line)
         return True
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
+
+
+def _msg(exc: json.JSONDecodeError) -> str:
+    return exc.msg.removesuffix(" at")  # "Unterminated string starting at" + a position
+
+
+def _too_deep(where: str) -> DataError:
+    return DataError(f"{where} nests lists or objects too deeply to be a dataset row.")
 
 
 def _read_csv(text: str, delimiter: str, name: str, limits: Limits) -> list[Any]:
@@ -312,10 +334,26 @@ def _read_parquet(data: bytes, name: str, limits: Limits) -> list[Any]:
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(io.BytesIO(data)).metadata
-        if meta.num_rows > limits.max_rows:
-            raise DataError(f"{name} has {meta.num_rows:,} rows; the limit is {limits.max_rows:,}.")
-        return pq.read_table(io.BytesIO(data)).to_pylist()
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        if parquet.metadata.num_rows > limits.max_rows:
+            rows = parquet.metadata.num_rows
+            raise DataError(f"{name} has {rows:,} rows; the limit is {limits.max_rows:,}.")
+        # Compressed columns can unpack to far more than the file: count as batches arrive.
+        records, unpacked = [], 0
+        for batch in parquet.iter_batches(batch_size=1024):
+            unpacked += batch.nbytes
+            if unpacked > limits.max_bytes:
+                raise DataError(
+                    f"{name} unpacks to more than {_size(limits.max_bytes)}, the limit; "
+                    "it was not read further."
+                )
+            if batch.num_rows and batch.nbytes / batch.num_rows > limits.max_row_bytes:
+                big = max(range(batch.num_rows), key=lambda i: batch.slice(i, 1).nbytes)
+                raise limits.row_too_long(
+                    batch.slice(big, 1).nbytes, f"{name} row {len(records) + big + 1}"
+                )
+            records.extend(batch.to_pylist())
+        return records
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{name} cannot be read as Parquet: {exc}.") from None
 
@@ -337,7 +375,20 @@ def _gunzip(data: bytes, name: str, limits: Limits) -> bytes:
     return out.getvalue()
 
 
+def _zip_entries(path: Path) -> int | None:
+    """The entry count in a zip's end record, read before zipfile builds an object per entry."""
+    with path.open("rb") as f:
+        f.seek(0, io.SEEK_END)
+        f.seek(max(0, f.tell() - 65557))  # the end record (22 B) plus its longest comment
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    return int.from_bytes(tail[at + 10 : at + 12], "little") if at >= 0 else None
+
+
 def _read_zip(path: Path, name: str, limits: Limits, text_mode: str) -> list[Records]:
+    entries = _zip_entries(path)
+    if entries is not None and entries > MAX_ARCHIVE_MEMBERS:
+        raise DataError(f"{name} holds {entries} files; the limit is {MAX_ARCHIVE_MEMBERS}.")
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -390,15 +441,19 @@ def read_hub(
     subset: str,
     limits: Limits,
     reachable: Callable[[], bool],
+    first: int | None = None,
 ) -> Records:
-    """Rows of a Hub dataset (no remote code), or a clear message when the Hub is out of reach."""
+    """Rows of a Hub dataset (no remote code), or a clear message when the Hub is out of reach.
+
+    first: read only that many rows (to look at the columns), and no limit applies.
+    """
     dataset_id, split, subset = dataset_id.strip(), (split or "train").strip(), subset.strip()
     if not dataset_id:
         raise DataError("Give a Hub dataset id, like 'owner/name'.")
     if not _HUB_ID.fullmatch(dataset_id) or ".." in dataset_id:
         raise DataError(f"{dataset_id!r} is not a Hub dataset id (like 'owner/name').")
-    if not re.fullmatch(r"[\w.\-\[\]:%+]{1,64}", split):
-        raise DataError(f"{split!r} is not a split name (like 'train' or 'train[:1000]').")
+    if not re.fullmatch(r"[\w.\-]{1,64}", split):
+        raise DataError(f"{split!r} is not a split name (like 'train' or 'test').")
     if subset and not re.fullmatch(r"[\w.\-]{1,64}", subset):
         raise DataError(f"{subset!r} is not a subset (configuration) name.")
     if not reachable():
@@ -408,11 +463,23 @@ def read_hub(
         )
     import datasets
 
+    label = f"{dataset_id}" + (f" ({subset})" if subset else "") + f" [{split}]"
+    records, size = [], 0
     try:
-        data = datasets.load_dataset(dataset_id, subset or None, split=split)
+        # Streamed, so a huge dataset costs only the rows read before a limit stops it.
+        stream = datasets.load_dataset(dataset_id, subset or None, split=split, streaming=True)
+        for row in stream:
+            if first is not None and len(records) == first:
+                break
+            size += len(json.dumps(row, default=str))
+            if len(records) == limits.max_rows or size > limits.max_bytes:
+                raise DataError(
+                    f"{label} is larger than the limits ({limits.max_rows:,} rows, "
+                    f"{_size(limits.max_bytes)}); download part of it and upload that."
+                )
+            records.append(row)
+    except DataError:
+        raise
     except Exception as exc:  # the library raises many kinds; the user needs the sentence
         raise DataError(f"The Hub dataset {dataset_id} could not be loaded: {exc}") from None
-    if len(data) > limits.max_rows:
-        raise DataError(f"{dataset_id} has {len(data):,} rows; the limit is {limits.max_rows:,}.")
-    label = f"{dataset_id}" + (f" ({subset})" if subset else "") + f" [{split}]"
-    return Records(label, data.to_list())
+    return _limited(Records(label, records), label, limits)

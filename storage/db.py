@@ -76,6 +76,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE datasets ADD COLUMN stats TEXT NOT NULL DEFAULT '{}';     -- JSON, model-free
     CREATE INDEX jobs_dataset ON jobs(dataset_id);
     """,
+    # 3: a deleted dataset keeps its row (finished jobs refer to it) but not its files
+    """
+    ALTER TABLE datasets ADD COLUMN deleted_at REAL;
+    """,
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -31,6 +32,7 @@ class JobState(StrEnum):
 _STALE_MESSAGE = (
     "The job stopped sending heartbeats: its worker or the app was stopped while it ran."
 )
+_NEEDING = ", ".join(f"'{s}'" for s in ("queued", "running", "interrupted"))
 _ID_PATTERN = re.compile(r"^(ds|job|ad)-[0-9a-f]{12}$")
 
 
@@ -165,6 +167,15 @@ class Store:
         for sub in ("datasets", "jobs", "adapters", "tmp"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         migrate(self.db_path)
+        self._sweep_tmp()
+
+    def _sweep_tmp(self, older_than_s: float = 86400.0) -> None:
+        """Staging left by a crash mid-write. Only old entries: other processes share tmp/."""
+        cutoff = time.time() - older_than_s
+        for entry in (self.data_dir / "tmp").iterdir():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < cutoff:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
     # ---- paths: always built from our own ids ----
     def dataset_dir(self, dataset_id: str) -> Path:
@@ -206,7 +217,9 @@ class Store:
     def get_dataset(self, dataset_id: str) -> Dataset:
         check_id(dataset_id, "ds")
         with connect(self.db_path, write=False) as db:
-            row = db.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+            row = db.execute(
+                "SELECT * FROM datasets WHERE id = ? AND deleted_at IS NULL", (dataset_id,)
+            ).fetchone()
         if row is None:
             raise NotFound(f"dataset {dataset_id} does not exist")
         return _dataset(row)
@@ -214,59 +227,74 @@ class Store:
     def find_dataset_by_hash(self, content_hash: str) -> Dataset | None:
         with connect(self.db_path, write=False) as db:
             row = db.execute(
-                "SELECT * FROM datasets WHERE content_hash = ? ORDER BY created_at LIMIT 1",
+                "SELECT * FROM datasets WHERE content_hash = ? AND deleted_at IS NULL"
+                " ORDER BY created_at LIMIT 1",
                 (content_hash,),
             ).fetchone()
         return _dataset(row) if row else None
 
     def list_datasets(self) -> list[Dataset]:
         with connect(self.db_path, write=False) as db:
-            rows = db.execute("SELECT * FROM datasets ORDER BY created_at DESC").fetchall()
+            rows = db.execute(
+                "SELECT * FROM datasets WHERE deleted_at IS NULL ORDER BY created_at DESC"
+            ).fetchall()
         return [_dataset(r) for r in rows]
 
-    def jobs_using(self, dataset_id: str) -> list[str]:
+    def jobs_needing(self, dataset_id: str) -> list[str]:
+        """Jobs that may still read the dataset: queued, running, or interrupted (resumable)."""
         with connect(self.db_path, write=False) as db:
             rows = db.execute(
-                "SELECT id FROM jobs WHERE dataset_id = ? ORDER BY created_at",
+                f"SELECT id FROM jobs WHERE dataset_id = ? AND state IN ({_NEEDING})"
+                " ORDER BY created_at",
                 (check_id(dataset_id, "ds"),),
             ).fetchall()
         return [r[0] for r in rows]
 
     def delete_dataset(self, dataset_id: str) -> None:
-        """Remove a dataset no job refers to: its row first, then its folder."""
+        """Delete a dataset's files and hide its row, unless a job may still read it.
+
+        The row stays for the finished jobs that name it (their records, their model cards).
+        """
         folder = self.dataset_dir(dataset_id)
-        with connect(self.db_path) as db:
-            used = db.execute(
-                "SELECT id FROM jobs WHERE dataset_id = ? LIMIT 1", (dataset_id,)
-            ).fetchone()
-            if used is not None:
-                raise InUse(f"dataset {dataset_id} is used by job {used[0]}")
-            cur = db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
-            if cur.rowcount == 0:
-                raise NotFound(f"dataset {dataset_id} does not exist")
-            # Moved aside inside the transaction: if the commit fails, nothing is gone yet.
-            trash = self.data_dir / "tmp" / f"deleted-{dataset_id}"
-            if folder.exists():
-                folder.rename(trash)
+        trash = self.data_dir / "tmp" / f"deleted-{dataset_id}"
+        moved = False
+        try:
+            with connect(self.db_path) as db:
+                needed = db.execute(
+                    f"SELECT id FROM jobs WHERE dataset_id = ? AND state IN ({_NEEDING}) LIMIT 1",
+                    (dataset_id,),
+                ).fetchone()
+                if needed is not None:
+                    raise InUse(f"dataset {dataset_id} is needed by job {needed[0]}")
+                cur = db.execute(
+                    "UPDATE datasets SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
+                    (time.time(), dataset_id),
+                )
+                if cur.rowcount == 0:
+                    raise NotFound(f"dataset {dataset_id} does not exist")
+                if folder.exists():  # aside first: the files go only once the row is committed
+                    folder.rename(trash)
+                    moved = True
+        except BaseException:
+            if moved:
+                trash.rename(folder)
+            raise
         shutil.rmtree(trash, ignore_errors=True)
 
     # ---- jobs ----
     def add_job(self, name: str, spec: dict, dataset_id: str | None) -> Job:
         job_id = new_id("job")
         self.job_dir(job_id).mkdir(parents=True)
-        with connect(self.db_path) as db:
-            db.execute(
-                "INSERT INTO jobs (id, name, state, spec, dataset_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    name,
-                    JobState.QUEUED,
-                    json.dumps(spec),
-                    dataset_id,
-                    time.time(),
-                ),
-            )
+        try:
+            with connect(self.db_path) as db:
+                db.execute(
+                    "INSERT INTO jobs (id, name, state, spec, dataset_id, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, name, JobState.QUEUED, json.dumps(spec), dataset_id, time.time()),
+                )
+        except sqlite3.IntegrityError:  # the dataset was deleted since the caller looked
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            raise NotFound(f"dataset {dataset_id} does not exist") from None
         return self.get_job(job_id)
 
     def get_job(self, job_id: str) -> Job:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,13 @@ def settings(tmp_path) -> Settings:
 @pytest.fixture
 def store(settings) -> Store:
     return Store(settings.data_dir)
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """Point the Hub at a closed local port: the real reachability probe fails at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # so the probe itself is what fails

@@ -231,7 +231,34 @@ def test_encodings(tmp_path):
     assert bom.columns == ["prompt", "completion"]
     latin = parse(read(write(tmp_path, "c.csv", text.encode("latin-1"))))
     assert latin.rows[0]["messages"][0]["content"] == "Café?"
-    assert "read as Latin-1" in latin.warnings[0]
+    assert "read as Windows-1252" in latin.warnings[0]
+
+
+def test_windows_1252_text_and_odd_line_breaks(tmp_path):
+    """Excel's quotes and ellipsis (0x80-0x9F), and U+2028 inside a row, are text, not breaks."""
+    rows = [{"prompt": f"It’s “fine”… {i}", "completion": "ok"} for i in range(80)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    cp1252 = parse(read(write(tmp_path, "a.jsonl", text.encode("cp1252"))))
+    assert cp1252.rows[0]["messages"][0]["content"] == "It’s “fine”… 0"
+    assert "read as Windows-1252" in cp1252.warnings[0]
+    line_sep = {"prompt": "one\u2028two\u0085three", "completion": "ok"}
+    text = json.dumps(line_sep, ensure_ascii=False) + "\n" + json.dumps(PROMPT) + "\n"
+    for name in ("b.jsonl", "b.json"):
+        assert len(parse(read(write(tmp_path, name, text.encode()))).rows) == 2
+
+
+def test_hostile_shapes_get_messages(tmp_path):
+    with pytest.raises(DataError, match="nests lists or objects too deeply"):
+        read(write(tmp_path, "deep.json", "[" * 200_000))
+    with pytest.raises(DataError, match="line 1 nests lists or objects too deeply"):
+        read(write(tmp_path, "deep.jsonl", "[" * 200_000))
+    # 400 rows of one 64 KB string each, stored once by dictionary encoding: a tiny file.
+    path = write(tmp_path, "big.parquet", parquet([{"text": "x" * 65536}] * 400))
+    assert path.stat().st_size < 100_000
+    with pytest.raises(DataError, match=r"unpacks to more than 1\.0 MB"):
+        read_source(path, path.name, Limits(max_bytes=2**20))
+    with pytest.raises(DataError, match=r"big\.parquet row 1 is 64 KB long"):
+        read_source(path, path.name, Limits(max_row_bytes=1000))
 
 
 def test_archives_are_read_member_by_member(tmp_path):
@@ -338,17 +365,35 @@ def test_upload_size_limit(settings, tmp_path):
         data_actions.upload_dataset(small, write(tmp_path, "a.jsonl", jsonl(PROMPT)), "a")
 
 
-def test_delete_only_when_no_job_uses_it(settings, store, tmp_path):
+def test_delete_unless_a_job_may_still_read_it(settings, store, tmp_path):
     info = data_actions.upload_dataset(settings, write(tmp_path, "a.jsonl", jsonl(PROMPT)), "a")
     used = data_actions.upload_dataset(settings, write(tmp_path, "b.jsonl", jsonl(ALPACA)), "b")
     job = store.add_job("j", {"dataset_id": used["id"]}, used["id"])
-    with pytest.raises(InUse, match=f"used by 1 job\\(s\\) \\({job.id}\\)"):
-        data_actions.delete_dataset(settings, used["id"])
+    for state in ("queued", "running", "interrupted"):
+        set_state(store, job.id, state)
+        with pytest.raises(InUse, match=f"\\({job.id}\\)"):
+            data_actions.delete_dataset(settings, used["id"])
+    assert store.dataset_dir(used["id"]).exists()
     assert data_actions.delete_dataset(settings, info["id"]) == {"deleted": info["id"]}
-    assert [d["id"] for d in data_actions.list_datasets(settings)] == [used["id"]]
     assert not store.dataset_dir(info["id"]).exists()
     with pytest.raises(LookupError):
         data_actions.delete_dataset(settings, info["id"])
+
+    set_state(store, job.id, "succeeded")  # a finished job keeps its record, not the data
+    data_actions.delete_dataset(settings, used["id"])
+    assert data_actions.list_datasets(settings) == []
+    assert store.get_job(job.id).dataset_id == used["id"]
+    again = data_actions.upload_dataset(settings, write(tmp_path, "b.jsonl", jsonl(ALPACA)), "b")
+    assert again["id"] != used["id"] and not again["existing"], "a deleted dataset is not reused"
+    assert list((settings.data_dir / "tmp").iterdir()) == []
+
+
+def set_state(store, job_id, state):
+    """A job put in a state directly: which transition led there is not what is tested."""
+    import sqlite3
+
+    with sqlite3.connect(store.db_path) as db:
+        db.execute("UPDATE jobs SET state = ? WHERE id = ?", (state, job_id))
 
 
 @pytest.mark.parametrize(
@@ -412,3 +457,35 @@ def test_eval_file_problems_say_eval(settings, tmp_path):
     assert "1 eval rows also appear in the training rows" in info["warnings"][0]
     with pytest.raises(DataError, match="Allowed labels apply to classification data"):
         data_actions.upload_dataset(settings, train, "", {"labels": ["a"]})
+
+
+def test_dry_run_reports_without_storing(settings, store, tmp_path):
+    path = write(tmp_path, "a.jsonl", jsonl(PROMPT, {"prompt": "x"}))
+    report = data_actions.upload_dataset(settings, path, "", {"dry_run": True})
+    assert report["stored"] is False and report["format"] == "prompt_completion"
+    assert (report["rows"], report["bad_row_count"]) == (1, 1)
+    assert report["bad_rows"] == [
+        {"row": 2, "column": "completion", "problem": "is missing", "source": ""}
+    ]
+    assert store.list_datasets() == []
+
+
+def test_options_are_checked_by_name(settings, tmp_path):
+    path = write(tmp_path, "a.jsonl", jsonl(PROMPT))
+    for options, message in (
+        ({"base_model": 5}, "options.base_model: must be text"),
+        ({"dry_run": "yes"}, "options.dry_run: must be true/false"),
+        ({"nope": 1}, "options.nope: unknown option"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            data_actions.upload_dataset(settings, path, "", options)
+
+
+def test_a_model_without_a_tokenizer_is_named(settings, tmp_path):
+    folder = settings.models_dir / "no-tokenizer"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    path = write(tmp_path, "a.jsonl", jsonl(PROMPT))
+    info = data_actions.upload_dataset(settings, path, "")
+    with pytest.raises(ValueError, match="The tokenizer of no-tokenizer cannot be loaded"):
+        data_actions.preview_dataset(settings, info["id"], "no-tokenizer")

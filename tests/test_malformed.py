@@ -11,7 +11,6 @@ import io
 import json
 import os
 import random
-import socket
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -652,16 +651,6 @@ def state(root: Path) -> set[str]:
         for p in root.rglob("*")
         if not p.name.endswith(SQLITE_SUFFIXES)
     }
-
-
-@pytest.fixture
-def offline_hub(monkeypatch):
-    """Point the Hub at a closed local port: the real reachability probe fails at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # so the probe itself is what fails
 
 
 @pytest.mark.parametrize("case", [param(c) for c in CASES])

@@ -133,3 +133,11 @@ def test_preview_action_with_stats_and_epoch_time_from_history(
     timed = again["token_stats"]
     assert timed["tokens_per_s_history"] == 100.0
     assert timed["seconds_per_epoch"] == round(timed["tokens_per_epoch"] / 100.0, 1)
+
+
+def test_text_chunks_never_end_in_a_lone_token():
+    from finetune.preview import chunks
+
+    assert chunks(list(range(9)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert chunks(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert chunks([7], 4) == [[7]]

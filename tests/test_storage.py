@@ -142,3 +142,20 @@ def test_migration_2_upgrades_a_version_1_database(tmp_path):
         0,
         {},
     )
+
+
+def test_a_job_for_a_deleted_dataset_is_refused_and_leaves_nothing(store):
+    with pytest.raises(NotFound, match="dataset ds-0123456789ab does not exist"):
+        store.add_job("j", {}, "ds-0123456789ab")
+    assert store.list_jobs() == [] and list((store.data_dir / "jobs").iterdir()) == []
+
+
+def test_init_sweeps_old_staging_only(store):
+    import os
+
+    old, new = store.tmp_dir(), store.tmp_dir()
+    (old / "half-written.jsonl").write_text("x")
+    day_ago = time.time() - 2 * 86400
+    os.utime(old, (day_ago, day_ago))
+    store.init()
+    assert not old.exists() and new.exists(), "another process may be writing the new one"

@@ -10,7 +10,14 @@ import pytest
 from storage.store import Job, JobState, Metric, Store
 from webui import actions, data_actions
 from webui.blocks import build_app
-from webui.data_tab import mapping_updates, on_sample, on_upload, read_mapping
+from webui.data_tab import (
+    mapping_updates,
+    on_delete_click,
+    on_sample,
+    on_source_change,
+    on_upload,
+    read_mapping,
+)
 from webui.jobs_tab import on_cancel_click, on_jobs_tick, progress_html
 from webui.playground_tab import on_generate_click
 from webui.train_tab import build_train_tab, on_form_change, on_start_click, read_form
@@ -279,3 +286,24 @@ def test_histogram_axis_starts_at_the_shortest_row():
     assert "Tokens per row: 50 to 64; red: past max length 60 (4 rows)" in page
     assert "<span>50</span><span>57</span><span>65 tokens</span>" in page
     assert page.count('class="al-bar over"') == 1 and 'style="height:50.0%"' in page
+
+
+def test_source_change_detects_or_explains(settings, tmp_path, offline_hub):
+    path = tmp_path / "a.csv"
+    path.write_text("question,answer\nq,a\n")
+    message, schema, columns, *slots = on_source_change(settings, [str(path)], {})
+    assert message.startswith("Detected schema `prompt_completion`")
+    assert schema["value"] == "prompt_completion" and columns == ["question", "answer"]
+    assert [s["value"] for s in slots[:2]] == ["question", "answer"]
+    message, *_ = on_source_change(settings, None, {"hub_id": "owner/name"})
+    assert message.startswith("**Cannot read it.** The Hugging Face Hub cannot be reached")
+
+
+def test_delete_handler(settings, store, tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"prompt": "q", "completion": "a"}\n')
+    info = data_actions.upload_dataset(settings, path)
+    store.add_job("j", {}, info["id"])
+    message, *_ = on_delete_click(settings, info["id"])
+    assert message.startswith("**Not deleted.** Dataset 'a' is needed by 1 job(s)")
+    assert on_delete_click(settings, None)[0] == "Choose a dataset to delete."

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.data import (
+    DETECT_SAMPLE,
     ON_BAD_ROWS,
     SCHEMAS,
     BadRows,
@@ -28,6 +29,7 @@ from finetune.data import (
     problems_json,
     sample_rows,
     write_lines,
+    write_rows,
 )
 from finetune.models import hub_reachable, resolve_model
 from finetune.samples import SAMPLES
@@ -63,6 +65,7 @@ class UploadOptions:
     hub_id: str = ""  # a Hub dataset instead of files
     hub_split: str = "train"
     hub_subset: str = ""
+    dry_run: bool = False  # check and report only: nothing is stored, bad rows never refuse
 
     @classmethod
     def parse(cls, raw: dict[str, Any] | None) -> UploadOptions:
@@ -72,6 +75,12 @@ class UploadOptions:
         if unknown:
             raise ValueError(f"options.{unknown[0]}: unknown option (known: {', '.join(known)}).")
         opts = cls(**{k: v for k, v in raw.items() if v is not None})
+        for f in fields(cls):
+            kind = {"str": str, "bool": bool}.get(str(f.type))
+            if kind and not isinstance(getattr(opts, f.name), kind):
+                raise ValueError(
+                    f"options.{f.name}: must be {'text' if kind is str else 'true/false'}."
+                )
         if opts.format and opts.format not in SCHEMAS:
             raise ValueError(f"options.format: {opts.format!r} is not one of {', '.join(SCHEMAS)}.")
         if opts.on_bad_rows not in ON_BAD_ROWS:
@@ -90,7 +99,7 @@ class UploadOptions:
 
     def key(self) -> str:
         """What, besides the bytes, decides the stored rows (part of the content hash)."""
-        parts = {f.name: getattr(self, f.name) for f in fields(self)}
+        parts = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dry_run"}
         if not self.base_model:
             parts.pop("max_length")
         return json.dumps(parts, sort_keys=True)
@@ -156,11 +165,24 @@ def read_sources(settings: Settings, files: Any, opts: UploadOptions) -> list[Re
     return sources
 
 
-def inspect_columns(settings: Settings, files: Any, text_mode: str = "blocks") -> dict[str, Any]:
-    """The columns of an upload and the schema and mapping detected, for the mapping control."""
-    opts = UploadOptions.parse({"text_mode": text_mode})
-    sources = read_sources(settings, files, opts)
-    records = [r for s in sources for r in s.records[:1000] if isinstance(r, dict)]
+def inspect_columns(settings: Settings, files: Any, options: dict | None = None) -> dict[str, Any]:
+    """The columns of an upload (files, or a Hub dataset's first rows) and the schema and
+    mapping detected, for the mapping control."""
+    opts = UploadOptions.parse(options)
+    if opts.hub_id:
+        sources = [
+            read_hub(
+                opts.hub_id,
+                opts.hub_split,
+                opts.hub_subset,
+                limits(settings),
+                hub_reachable,
+                first=DETECT_SAMPLE,
+            )
+        ]
+    else:
+        sources = read_sources(settings, files, opts)
+    records = [r for s in sources for r in s.records[:DETECT_SAMPLE] if isinstance(r, dict)]
     columns = list(dict.fromkeys(k for r in records for k in r))
     try:
         schema_id, mapping = detect(columns, records)
@@ -169,15 +191,24 @@ def inspect_columns(settings: Settings, files: Any, text_mode: str = "blocks") -
     return {"columns": columns, "format": schema_id, "mapping": mapping}
 
 
+def tokenizer_of(settings: Settings, base_model: str):
+    """The base model's tokenizer (cached), or a plain message saying why it cannot load."""
+    from finetune.preview import load_tokenizer
+
+    path = resolve_model(base_model, settings.models_dir)
+    try:
+        return load_tokenizer(str(path), settings.allow_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"The tokenizer of {base_model} cannot be loaded: {exc}") from None
+
+
 def _check_lengths(settings: Settings, parsed: Parsed, opts: UploadOptions) -> None:
     """Chat rows longer than max_length in the chosen model's tokens become bad rows."""
     if not opts.base_model or parsed.format == "text":  # text is cut into chunks, not truncated
         return
-    from finetune.preview import load_tokenizer, token_lengths
+    from finetune.preview import token_lengths
 
-    tokenizer = load_tokenizer(
-        str(resolve_model(opts.base_model, settings.models_dir)), settings.allow_remote_code
-    )
+    tokenizer = tokenizer_of(settings, opts.base_model)
     lengths = token_lengths(tokenizer, parsed.rows)
     bad = {
         key: Problem(
@@ -200,14 +231,17 @@ def _parse_all(
     sources = read_sources(settings, files, opts)
     parsed = parse(sources, opts.format, opts.mapping, opts.labels)
     _check_lengths(settings, parsed, opts)
-    apply_policy(parsed, opts.on_bad_rows)
+    if not opts.dry_run:
+        apply_policy(parsed, opts.on_bad_rows)
     eval_parsed, eval_sources = None, []
     if _file_list(eval_files):
         try:
             eval_sources = read_sources(
                 settings, eval_files, UploadOptions(text_mode=opts.text_mode)
             )
-            missing = [c for c in parsed.mapping.values() if c not in columns_of(eval_sources)]
+            present = columns_of(eval_sources)
+            required = [parsed.mapping[f] for f in SCHEMAS[parsed.format].fields]
+            missing = [column for column in required if column not in present]
             if missing:
                 raise DataError(
                     f"it needs the training file's columns; {', '.join(missing)} is missing."
@@ -215,7 +249,8 @@ def _parse_all(
             # The eval file follows the train file's schema, mapping and labels.
             eval_parsed = parse(eval_sources, parsed.format, parsed.mapping, parsed.labels)
             _check_lengths(settings, eval_parsed, opts)
-            apply_policy(eval_parsed, opts.on_bad_rows)
+            if not opts.dry_run:
+                apply_policy(eval_parsed, opts.on_bad_rows)
         except BadRows as exc:
             raise BadRows([_in_eval(p) for p in exc.problems], exc.total) from None
         except DataError as exc:
@@ -242,7 +277,10 @@ def _in_eval(problem: Problem) -> Problem:
     return Problem(problem.row, problem.column, problem.problem, problem.source or "eval file")
 
 
-def _digest(files: list[tuple[Path, str]], eval_files: list[tuple[Path, str]], key: str) -> str:
+def _digest(
+    files: list[tuple[Path, str]], eval_files: list[tuple[Path, str]], key: str, hub_lines=()
+) -> str:
+    """The upload's bytes (a Hub dataset's rows) and the options that shaped its rows."""
     h = hashlib.sha256()
     for group in (files, eval_files):
         for path, _ in group:
@@ -251,6 +289,8 @@ def _digest(files: list[tuple[Path, str]], eval_files: list[tuple[Path, str]], k
                     h.update(chunk)
             h.update(b"\x00file\x00")
         h.update(b"\x00eval\x00")
+    for line in hub_lines:  # a Hub id names no fixed content: its rows are the content
+        h.update(line.encode() + b"\n")
     h.update(key.encode())
     return h.hexdigest()
 
@@ -269,9 +309,24 @@ def upload_dataset(
     """
     opts = UploadOptions.parse(options)
     parsed, eval_parsed, sources = _parse_all(settings, files, eval_files, opts)
+    problems = parsed.problems + [
+        _in_eval(p) for p in (eval_parsed.problems if eval_parsed else [])
+    ]
+    if opts.dry_run:
+        return {
+            "stored": False,
+            "format": parsed.format,
+            "mapping": parsed.mapping,
+            "columns": parsed.columns,
+            "rows": len(parsed.rows),
+            "eval_rows": len(eval_parsed.rows) if eval_parsed else 0,
+            "bad_row_count": len(problems),
+            "bad_rows": problems_json(problems[:BAD_ROWS_KEPT]),
+            "warnings": parsed.warnings + (eval_parsed.warnings if eval_parsed else []),
+        }
     store = Store(settings.data_dir)
     listed, eval_listed = _file_list(files), _file_list(eval_files)
-    digest = _digest(listed, eval_listed, opts.key())
+    digest = _digest(listed, eval_listed, opts.key(), parsed.lines if opts.hub_id else ())
     existing = store.find_dataset_by_hash(digest)
     if existing is not None:
         info = dataset_info(existing)
@@ -279,17 +334,15 @@ def upload_dataset(
             *existing.warnings,
             f"The same content was uploaded before as '{existing.name}'; that dataset is used.",
         ]
-        return {**info, "bad_rows": _stored_problems(store, existing.id), "existing": True}
-    problems = parsed.problems + [
-        _in_eval(p) for p in (eval_parsed.problems if eval_parsed else [])
-    ]
+        problems_before = _stored_problems(store, existing.id)
+        return {**info, "bad_rows": problems_before, "existing": True, "stored": True}
     default_name = opts.hub_id or (Path(listed[0][1]).stem if listed else "") or "dataset"
     staging = store.tmp_dir()
     try:
         originals = []
         for i, (path, shown) in enumerate(listed + eval_listed, start=1):
             kind = "eval" if i > len(listed) else "original"
-            stored = f"{kind}-{i}{suffix_of(shown) or '.bin'}"  # our name, never the user's
+            stored = f"{kind}-{i}{suffix_of(shown)}"  # our name; the user's only picked a reader
             shutil.copyfile(path, staging / stored)
             originals.append(stored)
         write_lines(parsed.lines, staging / "rows.jsonl")
@@ -323,6 +376,7 @@ def upload_dataset(
         **dataset_info(dataset),
         "bad_rows": problems_json(problems[:BAD_ROWS_KEPT]),
         "existing": False,
+        "stored": True,
     }
 
 
@@ -346,11 +400,11 @@ def add_sample(settings: Settings, sample: str) -> dict[str, Any]:
     staging = store.tmp_dir()
     try:
         path = staging / f"{sample}.jsonl"
-        write_lines([json.dumps(r, ensure_ascii=False) for r in train], path)
+        write_rows(train, path)
         eval_path = None
         if held_out:
             eval_path = staging / f"{sample}-eval.jsonl"
-            write_lines([json.dumps(r, ensure_ascii=False) for r in held_out], eval_path)
+            write_rows(held_out, eval_path)
         info = upload_dataset(settings, path, entry.label, {}, eval_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -385,10 +439,9 @@ def preview_dataset(
     max_length = DEFAULT_MAX_LENGTH if max_length in (None, 0) else int(max_length)
     if not 16 <= max_length <= 131072:
         raise ValueError("max_length: must be from 16 to 131072.")
-    from finetune.preview import load_tokenizer, render, token_stats
+    from finetune.preview import render, token_stats
 
-    model = resolve_model(base_model, settings.models_dir)
-    tokenizer = load_tokenizer(str(model), settings.allow_remote_code)
+    tokenizer = tokenizer_of(settings, base_model)
     out["examples"] = [ex for row in first for ex in render(tokenizer, row, max_length)]
     stats = token_stats(tokenizer, sample, max_length, total)
     history = store.throughput(base_model)
@@ -404,14 +457,14 @@ def list_datasets(settings: Settings) -> list[dict[str, Any]]:
 
 
 def delete_dataset(settings: Settings, dataset_id: str) -> dict[str, Any]:
-    """Delete a dataset no job uses (a job keeps its dataset for its record and a rerun)."""
+    """Delete a dataset no queued, running or interrupted (resumable) job needs."""
     store = Store(settings.data_dir)
     dataset = store.get_dataset(dataset_id)
-    jobs = store.jobs_using(dataset.id)
+    jobs = store.jobs_needing(dataset.id)
     if jobs:
         raise InUse(
-            f"Dataset '{dataset.name}' is used by {len(jobs)} job(s) ({', '.join(jobs[:3])}); "
-            "it stays while they refer to it."
+            f"Dataset '{dataset.name}' is needed by {len(jobs)} job(s) that may still run "
+            f"({', '.join(jobs[:3])}); cancel or finish them first."
         )
     store.delete_dataset(dataset.id)
     return {"deleted": dataset.id}

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from finetune.data import SCHEMAS, BadRows
+from finetune.data import SCHEMAS, BadRows, problems_json
 from finetune.samples import SAMPLES
 from finetune.sources import ARCHIVES, SUFFIXES
 from storage.settings import Settings
@@ -136,7 +136,7 @@ def histogram_html(stats: dict) -> str:
     hist, limit = stats["histogram"], stats["max_length"]
     top = max(hist["counts"]) or 1
     bars = "".join(
-        f'<div class="al-bar{" over" if hist["edges"][i] >= limit else ""}" '
+        f'<div class="al-bar{" over" if hist["edges"][i + 1] - 1 > limit else ""}" '
         f'title="{hist["edges"][i]}-{hist["edges"][i + 1] - 1} tokens: {c} rows" '
         f'style="height:{100 * c / top:.1f}%"></div>'
         for i, c in enumerate(hist["counts"])
@@ -239,10 +239,7 @@ def on_upload(
     try:
         info = data_actions.upload_dataset(settings, paths, name, options, eval_paths)
     except BadRows as exc:
-        problems = [
-            {"source": p.source, "row": p.row, "column": p.column, "problem": p.problem}
-            for p in exc.problems[: data_actions.BAD_ROWS_KEPT]
-        ]
+        problems = problems_json(exc.problems[: data_actions.BAD_ROWS_KEPT])
         return _not_stored(
             f"**Not stored.** {len(exc.problems):,} of {exc.total:,} rows cannot be used; they "
             "are listed below. Fix the file, or choose **Drop bad rows** and add it again.",
@@ -259,6 +256,49 @@ def on_sample(settings: Settings, key: str, model_name: str, length: int) -> tup
     except (ValueError, LookupError) as exc:
         return _not_stored(f"**Not stored.** {exc}")
     return _stored(settings, info, model_name, length)
+
+
+def on_source_change(settings: Settings, paths: Any, options: dict) -> tuple:
+    """Files chosen (or a Hub id entered): the columns, the detected schema and its mapping.
+
+    -> message, schema dropdown, columns state, one update per mapping dropdown.
+    """
+    if not paths and not options.get("hub_id"):
+        return "", gr.update(value=""), [], *mapping_updates("", [], {})
+    try:
+        found = data_actions.inspect_columns(settings, paths, options)
+    except (ValueError, LookupError) as exc:
+        return f"**Cannot read it.** {exc}", gr.update(), [], *mapping_updates("", [], {})
+    note = (
+        f"Detected schema `{found['format']}`; check the mapping, then **Check and add**."
+        if found["format"]
+        else "No schema detected from the columns "
+        f"({', '.join(found['columns'])}): choose one and map its fields."
+    )
+    return (
+        note,
+        gr.update(value=found["format"]),
+        found["columns"],
+        *mapping_updates(found["format"], found["columns"], found["mapping"]),
+    )
+
+
+def on_delete_click(settings: Settings, dataset_id: str | None) -> tuple:
+    """-> message, dataset dropdown, datasets table, examples, histogram, bad-rows table."""
+    if not dataset_id:
+        return "Choose a dataset to delete.", *(gr.update(),) * 5
+    try:
+        data_actions.delete_dataset(settings, dataset_id)
+    except (ValueError, LookupError) as exc:
+        return f"**Not deleted.** {exc}", *(gr.update(),) * 5
+    return (
+        f"Deleted `{dataset_id}`.",
+        gr.update(choices=dataset_choices(settings), value=None),
+        datasets_rows(settings),
+        "",
+        "",
+        bad_rows_table([]),
+    )
 
 
 def build_data_tab(settings: Settings) -> DataTab:
@@ -337,7 +377,7 @@ def build_data_tab(settings: Settings) -> DataTab:
                 max_length = gr.Number(
                     value=data_actions.DEFAULT_MAX_LENGTH,
                     precision=0,
-                    label="Preview max length (tokens)",
+                    label="Max length to check and preview (tokens)",
                 )
             message = gr.Markdown()
             bad_rows = gr.Dataframe(
@@ -362,27 +402,21 @@ def build_data_tab(settings: Settings) -> DataTab:
     columns = gr.State([])
     private = {"api_visibility": "private"}
 
-    def on_files(paths, mode):
-        try:
-            found = data_actions.inspect_columns(settings, paths, mode) if paths else None
-        except (ValueError, LookupError) as exc:
-            return f"**Cannot read the file.** {exc}", gr.update(), [], *mapping_updates("", [], {})
-        if found is None:
-            return "", gr.update(value=""), [], *mapping_updates("", [], {})
-        note = (
-            f"Detected schema `{found['format']}`; check the mapping, then **Check and add**."
-            if found["format"]
-            else "No schema detected from the columns "
-            f"({', '.join(found['columns'])}): choose one and map its fields."
-        )
-        return (
-            note,
-            gr.update(value=found["format"]),
-            found["columns"],
-            *mapping_updates(found["format"], found["columns"], found["mapping"]),
-        )
-
-    files.change(on_files, [files, text_mode], [message, schema, columns, *slots], **private)
+    inspect_outputs = [message, schema, columns, *slots]
+    files.change(
+        lambda paths, mode: on_source_change(settings, paths, {"text_mode": mode}),
+        [files, text_mode],
+        inspect_outputs,
+        **private,
+    )
+    hub_id.submit(
+        lambda hub, split, subset: on_source_change(
+            settings, None, {"hub_id": hub.strip(), "hub_split": split, "hub_subset": subset}
+        ),
+        [hub_id, hub_split, hub_subset],
+        inspect_outputs,
+        **private,
+    )
 
     def on_schema(schema_id, cols, *values):
         current = read_mapping(schema_id, list(values))
@@ -431,22 +465,10 @@ def build_data_tab(settings: Settings) -> DataTab:
             **private,
         )
 
-    def on_delete(dataset_id):
-        if not dataset_id:
-            return "Choose a dataset to delete.", gr.update(), gr.update(), "", ""
-        try:
-            data_actions.delete_dataset(settings, dataset_id)
-        except (ValueError, LookupError) as exc:
-            return f"**Not deleted.** {exc}", gr.update(), gr.update(), gr.update(), gr.update()
-        return (
-            f"Deleted `{dataset_id}`.",
-            gr.update(choices=dataset_choices(settings), value=None),
-            datasets_rows(settings),
-            "",
-            "",
-        )
-
     delete_button.click(
-        on_delete, [dataset], [message, dataset, table, examples, histogram], **private
+        lambda dataset_id: on_delete_click(settings, dataset_id),
+        [dataset],
+        [message, dataset, table, examples, histogram, bad_rows],
+        **private,
     )
     return DataTab(datasets_table=table, dataset_dropdown=dataset, message_md=message)
