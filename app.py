@@ -89,9 +89,10 @@ def serve(settings: Settings, with_worker: bool) -> None:
         from webui.blocks import THEME, build_app
         from webui.data_tab import CSS
 
+        # Before serving, not in a thread beside it: two threads importing transformers' lazy
+        # modules at once can see them half-initialised ("cannot import name ...").
+        _warm_imports()
         app = build_app(settings)
-        # The first parameter count would wait for these imports; take them off that path.
-        threading.Thread(target=_warm_imports, daemon=True).start()
         app.queue(default_concurrency_limit=4)
         print(
             f"AdapterLab on http://{settings.host}:{settings.port} (data: {settings.data_dir})",

@@ -1,19 +1,21 @@
-"""Exact parameter counts for a model + method, from a weightless (meta device) model."""
+"""Exact parameter counts and adapter size for a model + method, from a weightless model."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.fields import SpecError
-from finetune.methods import get_method
+from finetune.methods import Context, apply_method, get_method, linear_names, trainable_counts
 from finetune.models import load_config
+
+FLOAT32_BYTES = 4
 
 
 @dataclass(frozen=True)
 class Counts:
     trainable: int
     total: int
+    size_bytes: int  # of what training writes: the adapter, or the changed base weights
 
     @property
     def percent(self) -> float:
@@ -33,34 +35,18 @@ def _meta_model(model: str, trust_remote_code: bool):
 def count_parameters(
     model: str, method_id: str, params: dict[str, Any], trust_remote_code: bool = False
 ) -> Counts:
-    from peft import get_peft_model
-
-    base = _meta_model(model, trust_remote_code)
     method = get_method(method_id)
-    try:
-        peft_model = get_peft_model(base, method.build(params, "CAUSAL_LM"))
-    except ValueError as exc:
-        if "target_modules" in str(exc) or "Target modules" in str(exc):
-            names = linear_module_names(model, trust_remote_code)
-            raise SpecError(
-                f"method_params.target_modules: {', '.join(params.get('target_modules', []))} "
-                f"not found in the model; its linear layers are: {', '.join(names)}"
-            ) from None
-        raise SpecError(f"method_params: {exc}") from None
-    trainable, total = peft_model.get_nb_trainable_parameters()
-    return Counts(trainable=trainable, total=total)
+    base = _meta_model(model, trust_remote_code)
+    wrapped = apply_method(base, method, params, Context(model_path=model, for_counting=True))
+    for name, param in wrapped.named_parameters():
+        if ".ranknum." in name:  # AdaLoRA's rank counter: frozen, but not when moved to meta
+            param.requires_grad_(False)
+    trainable, total = trainable_counts(wrapped)
+    # PEFT keeps adapter weights in float32 (even beside a bf16 base); selective and full
+    # training write base weights in the training precision, float32 on a CPU.
+    return Counts(trainable, total, trainable * FLOAT32_BYTES)
 
 
 def linear_module_names(model: str, trust_remote_code: bool = False) -> list[str]:
     """Distinct short names of the model's linear layers (q_proj, ...), read without weights."""
-    import torch
-
-    base = _meta_model(model, trust_remote_code)
-    output = base.get_output_embeddings()
-    return sorted(
-        {
-            name.rsplit(".", 1)[-1]
-            for name, module in base.named_modules()
-            if isinstance(module, torch.nn.Linear) and module is not output
-        }
-    )
+    return linear_names(_meta_model(model, trust_remote_code))

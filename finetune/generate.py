@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -22,7 +22,45 @@ class GenerationParams:
 class _Loaded:
     model: object  # the base, or a PeftModel wrapping it once an adapter is loaded
     tokenizer: object
-    adapters: set[str]
+    adapters: set[str]  # adapters switched on the shared base, all of peft_type
+    peft_type: str | None = None
+    own: dict[str, object] = field(default_factory=dict)  # name -> a model of its own
+
+
+# PEFT can switch between adapters of one of these types on one base; others (soft prompts,
+# a second type, full or selective weights) get a model of their own. AdaLoRA too: PEFT 0.21
+# cannot load a pruned AdaLoRA adapter under a name other than "default".
+SHAREABLE = {"LORA", "LOHA", "LOKR", "IA3"}
+
+
+def load_trained(base_path: str, folder: Path, trust_remote_code: bool = False):
+    """What a job wrote, as a model to generate with: a PEFT adapter on its base, a full model
+    folder, or a base with selected weights replaced."""
+    from finetune.train import SELECTED_WEIGHTS, load_model
+
+    if (folder / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base, _ = load_model(base_path, trust_remote_code)
+        return PeftModel.from_pretrained(base, str(folder))
+    if (folder / SELECTED_WEIGHTS).exists():
+        from safetensors.torch import load_file
+
+        model, _ = load_model(base_path, trust_remote_code)
+        weights = load_file(folder / SELECTED_WEIGHTS)
+        missing = set(weights) - set(model.state_dict())
+        if missing:
+            raise ValueError(f"{folder.name}: weights {sorted(missing)[:3]} are not in the base")
+        model.load_state_dict(weights, strict=False)
+        return model
+    return load_model(str(folder), trust_remote_code)[0]
+
+
+def _peft_type(folder: Path) -> str | None:
+    import json
+
+    config = folder / "adapter_config.json"
+    return json.loads(config.read_text())["peft_type"] if config.exists() else None
 
 
 class ModelCache:
@@ -47,11 +85,18 @@ class ModelCache:
         self._models[model_path] = loaded
         return loaded
 
-    def _ensure_adapter(self, loaded: _Loaded, name: str, folder: Path) -> None:
-        if name in loaded.adapters:
+    def _ensure_adapter(
+        self, loaded: _Loaded, name: str, folder: Path, model_path: str, trust: bool
+    ) -> None:
+        if name in loaded.adapters or name in loaded.own:
+            return
+        peft_type = _peft_type(folder)
+        if peft_type not in SHAREABLE or loaded.peft_type not in (None, peft_type):
+            loaded.own[name] = load_trained(model_path, folder, trust).eval()
             return
         from peft import PeftModel
 
+        loaded.peft_type = peft_type
         if not loaded.adapters:
             loaded.model = PeftModel.from_pretrained(loaded.model, str(folder), adapter_name=name)
         else:
@@ -72,7 +117,7 @@ class ModelCache:
             loaded = self._get(model_path, trust_remote_code)
             for entry in adapters:
                 if entry is not None:
-                    self._ensure_adapter(loaded, *entry)
+                    self._ensure_adapter(loaded, *entry, model_path, trust_remote_code)
             return [self._answer(loaded, entry, prompt, params) for entry in adapters]
 
     def _answer(self, loaded: _Loaded, entry, prompt: str, params: GenerationParams) -> dict:
@@ -80,18 +125,20 @@ class ModelCache:
 
         import torch
 
-        model, tokenizer = loaded.model, loaded.tokenizer
+        tokenizer = loaded.tokenizer
+        own = loaded.own.get(entry[0]) if entry is not None else None
+        model = own if own is not None else loaded.model
         messages = [{"role": "user", "content": prompt}]
         if params.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": params.system_prompt.strip()})
         inputs = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(model.device)
-        if entry is None:
-            context = model.disable_adapter() if loaded.adapters else contextlib.nullcontext()
-        else:
+        context = contextlib.nullcontext()
+        if entry is None and loaded.adapters:
+            context = model.disable_adapter()
+        elif entry is not None and entry[0] in loaded.adapters:
             model.set_adapter(entry[0])
-            context = contextlib.nullcontext()
         torch.manual_seed(params.seed)
         sampling = params.temperature > 0
         start = time.perf_counter()

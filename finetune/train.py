@@ -71,18 +71,30 @@ def device_settings() -> dict:
     return {"bf16": False, "use_cpu": True}
 
 
-def load_model(model_path: str, trust_remote_code: bool = False):
+def load_model(model_path: str, trust_remote_code: bool = False, quantization: dict | None = None):
+    """The model and tokenizer; with quantization (bitsandbytes kwargs), the base in 4 / 8 bits
+    made ready for k-bit training (QLoRA)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     dtype = torch.bfloat16 if device_settings()["bf16"] else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    extra = {}
+    if quantization:
+        config = BitsAndBytesConfig(**quantization, bnb_4bit_compute_dtype=dtype)
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        extra = {"quantization_config": config, "device_map": {"": device}}
     model = AutoModelForCausalLM.from_pretrained(
         model_path,
         dtype=dtype,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
+        **extra,
     )
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model, tokenizer
 
 
@@ -101,30 +113,31 @@ def train(
     eval_rows, when the dataset has its own eval split, replace the eval_fraction split.
     """
     from datasets import Dataset
-    from peft import get_peft_model
     from trl import SFTConfig, SFTTrainer
 
-    from finetune.methods import get_method
+    from finetune.methods import Context, apply_method, get_method, trainable_counts
 
     t = spec.training
+    method = get_method(spec.method)
     if eval_rows:
         train_rows = rows
     else:
         train_rows, eval_rows = split_rows(rows, t["eval_fraction"], t["seed"])
 
-    model, tokenizer = load_model(model_path, trust_remote_code)
+    quantization = method.quantization(spec.method_params) if method.quantization else None
+    model, tokenizer = load_model(model_path, trust_remote_code, quantization)
     train_data = Dataset.from_list(to_examples(train_rows, tokenizer, t["max_length"]))
     eval_data = (
         Dataset.from_list(to_examples(eval_rows[:EVAL_ROWS_CAP], tokenizer, t["max_length"]))
         if eval_rows
         else None
     )
-    method = get_method(spec.method)
-    model = get_peft_model(model, method.build(spec.method_params, "CAUSAL_LM"))
-    trainable, total = model.get_nb_trainable_parameters()
-
     steps = t["max_steps"]
     planned = steps or math.ceil(math.ceil(len(train_data) / t["batch_size"]) * t["epochs"])
+    model = apply_method(
+        model, method, spec.method_params, Context(model_path=model_path, total_steps=planned)
+    )
+    trainable, total = trainable_counts(model)
     config = SFTConfig(
         output_dir=str(work_dir),
         max_steps=steps if steps is not None else -1,
@@ -152,7 +165,7 @@ def train(
         train_dataset=train_data,
         eval_dataset=eval_data,
         processing_class=tokenizer,
-        callbacks=[progress.callback()],
+        callbacks=[progress.callback(), *_method_callbacks(spec.method)],
     )
     if len(trainer.train_dataset) == 0:  # TRL drops rows whose answer was truncated away
         raise DataError(
@@ -162,7 +175,7 @@ def train(
     trainer.train()
 
     out_dir.mkdir(parents=True)
-    trainer.model.save_pretrained(out_dir, safe_serialization=True)
+    save_trained(trainer.model, tokenizer, method, spec.method_params, out_dir)
     state = trainer.state
     return TrainResult(
         step=state.global_step,
@@ -172,6 +185,44 @@ def train(
         total_params=total,
         dtype=str(model.dtype).removeprefix("torch."),
     )
+
+
+SELECTED_WEIGHTS = "selected_weights.safetensors"  # what a selective run trained, by name
+
+
+def save_trained(model, tokenizer, method, params: dict, out_dir: Path) -> None:
+    """What the run changed, in the ecosystem's own files: a PEFT adapter folder; for full
+    fine-tuning a model folder (from_pretrained loads it); for selective, the trained tensors
+    under their names in the base model (load_state_dict(..., strict=False) applies them)."""
+    if method.id == "full":
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+    elif method.select is not None:
+        from safetensors.torch import save_file
+
+        tensors = {
+            n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad
+        }
+        save_file(tensors, str(out_dir / SELECTED_WEIGHTS))
+        (out_dir / "selection.json").write_text(
+            json.dumps({"method": method.id, **params, "tensors": sorted(tensors)}, indent=1),
+            encoding="utf-8",
+        )
+    else:
+        model.save_pretrained(out_dir, safe_serialization=True)
+
+
+def _method_callbacks(method_id: str) -> list:
+    """AdaLoRA moves its rank budget after each optimizer step, before gradients are cleared."""
+    if method_id != "adalora":
+        return []
+    from transformers import TrainerCallback
+
+    class RankBudget(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+            model.base_model.update_and_allocate(state.global_step)
+
+    return [RankBudget()]
 
 
 class _Progress:
@@ -253,7 +304,7 @@ def write_model_card(
     (out_dir / "README.md").write_text(
         f"""---
 base_model: {base_label}
-library_name: peft
+library_name: {"transformers" if spec.method in ("full", "selective") else "peft"}
 tags: [adapterlab, {spec.method}]
 ---
 # {spec.name or "AdapterLab adapter"}
@@ -278,10 +329,7 @@ answers AdapterLab's playground gives.{system_note}
 ```python
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from peft import PeftModel
-tokenizer = AutoTokenizer.from_pretrained("{base_path}")
-base = AutoModelForCausalLM.from_pretrained("{base_path}", dtype=torch.{result.dtype})
-model = PeftModel.from_pretrained(base, "path/to/this/folder")
+{_loader(spec.method, base_path, result.dtype)}
 messages = [{system}{{"role": "user", "content": "..."}}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
                                        return_tensors="pt")
@@ -291,6 +339,30 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))
         encoding="utf-8",
     )
     (out_dir / "recipe.json").write_text(spec.to_json() + "\n", encoding="utf-8")
+
+
+def _loader(method_id: str, base_path: str, dtype: str) -> str:
+    """The lines of the model card's example that load what this method wrote."""
+    if method_id == "full":
+        return (
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")\n'
+            "model = AutoModelForCausalLM.from_pretrained(\n"
+            f'    "path/to/this/folder", dtype=torch.{dtype})'
+        )
+    base = (
+        f'tokenizer = AutoTokenizer.from_pretrained("{base_path}")\n'
+        f'model = AutoModelForCausalLM.from_pretrained("{base_path}", dtype=torch.{dtype})\n'
+    )
+    if method_id == "selective":
+        return (
+            "from safetensors.torch import load_file\n" + base + "model.load_state_dict("
+            f'load_file("path/to/this/folder/{SELECTED_WEIGHTS}"), strict=False)'
+        )
+    return (
+        "from peft import PeftModel\n"
+        + base
+        + ('model = PeftModel.from_pretrained(model, "path/to/this/folder")')
+    )
 
 
 def final_metrics(history: list[dict]) -> dict[str, float]:

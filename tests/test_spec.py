@@ -27,6 +27,9 @@ def test_defaults_fill_in():
         "lora_alpha": 32,
         "lora_dropout": 0.05,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "use_dora": False,
+        "use_rslora": False,
+        "init_lora_weights": "default",
     }
     assert spec.training["epochs"] == 1.0 and spec.training["max_steps"] is None
     assert spec.training["batch_size"] == 8

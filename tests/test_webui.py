@@ -30,6 +30,7 @@ API = {
     "generate",
     "download_adapter",
     "estimate",
+    "list_methods",
     "list_jobs",
     "list_datasets",
     "preview_dataset",
@@ -118,7 +119,8 @@ def filled_form(settings, **values):
     data[form.base_model] = values.pop("base_model", "tiny")
     data[form.dataset] = values.pop("dataset", None)
     for name, value in values.items():
-        component = form.method_inputs.get(name) or form.training_inputs[name]
+        method_fields = form.method_inputs[data[form.method]]
+        component = method_fields.get(name) or form.training_inputs[name]
         data[component] = value
     return form, data
 
@@ -307,3 +309,44 @@ def test_delete_handler(settings, store, tmp_path):
     message, *_ = on_delete_click(settings, info["id"])
     assert message.startswith("**Not deleted.** Dataset 'a' is needed by 1 job(s)")
     assert on_delete_click(settings, None)[0] == "Choose a dataset to delete."
+
+
+def test_each_method_has_its_own_fields_and_count(with_tiny):
+    from webui.train_tab import on_method_change, on_preset_change
+
+    form, data = filled_form(with_tiny)
+    description, *groups = on_method_change(form, "ia3")
+    assert description.startswith("**IA3** (additive)")
+    assert [g["visible"] for g in groups] == [k == "ia3" for k in form.method_groups]
+    assert "cannot be merged" in on_method_change(form, "prompt_tuning")[0]
+
+    data[form.method] = "ia3"
+    spec = read_form(form, data)
+    assert spec["method"] == "ia3" and set(spec["method_params"]) == {
+        "target_modules",
+        "feedforward_modules",
+    }
+    counts = on_form_change(with_tiny, form, data)
+    assert (
+        counts.startswith("**Trainable parameters: 384**") and "what it writes: **2 KB**" in counts
+    )
+
+    everything = on_preset_change(with_tiny, "all linear layers", "tiny", ["q_proj"])
+    assert "gate_proj" in everything["value"] and "up_proj" in everything["value"]
+    attention = on_preset_change(with_tiny, "attention (q, k, v, o)", "tiny", [])
+    assert attention["value"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+
+
+def test_list_methods_is_the_registry():
+    from finetune.methods import METHODS
+
+    listed = actions.list_methods()
+    assert [m["id"] for m in listed] == list(METHODS)
+    lora = listed[0]
+    assert {f["name"] for f in lora["fields"]} >= {"r", "lora_alpha", "use_dora", "use_rslora"}
+    assert {m["id"] for m in listed if not m["can_merge"]} == {
+        "qlora",
+        "prompt_tuning",
+        "prefix_tuning",
+        "p_tuning",
+    }

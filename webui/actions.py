@@ -38,7 +38,15 @@ def estimate(settings: Settings, spec: Any) -> dict[str, Any]:
         "trainable_params": counts.trainable,
         "total_params": counts.total,
         "trainable_percent": round(counts.percent, 4),
+        "adapter_bytes": counts.size_bytes,
     }
+
+
+def list_methods() -> list[dict[str, Any]]:
+    """The method registry: ids, families, descriptions, fields with defaults and ranges."""
+    from finetune.methods import METHODS
+
+    return [m.describe() for m in METHODS.values()]
 
 
 def start_job(settings: Settings, spec: Any) -> dict[str, Any]:

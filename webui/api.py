@@ -33,8 +33,13 @@ def register_api(settings: Settings) -> None:
         return actions.start_job(settings, spec)
 
     def estimate(spec: dict) -> dict:
-        """Trainable and total parameters of a spec, exact, without loading weights."""
+        """Trainable and total parameters of a spec and the adapter's size, exact, without
+        loading weights."""
         return actions.estimate(settings, spec)
+
+    def list_methods() -> list:
+        """Every method: id, label, family, description, can_merge, can_combine, fields."""
+        return actions.list_methods()
 
     def job_status(job_id: str) -> dict:
         """{job_id, status, step, total_steps, loss, eval_loss, error, adapter_id, ...}."""
@@ -79,6 +84,7 @@ def register_api(settings: Settings) -> None:
     for fn in (
         start_job,
         estimate,
+        list_methods,
         job_status,
         cancel_job,
         list_jobs,

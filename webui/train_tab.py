@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from finetune.counts import linear_module_names
-from finetune.methods import METHODS, get_method
+from finetune.methods import ATTENTION_MODULES, METHODS, get_method
 from finetune.models import resolve_model
 from finetune.spec import TRAINING_FIELDS
 from storage.settings import Settings
@@ -27,7 +27,9 @@ class TrainForm:
     dataset: gr.Dropdown
     method: gr.Dropdown
     name: gr.Textbox
-    method_inputs: dict[str, Any]
+    method_inputs: dict[str, dict[str, Any]]  # method id -> field name -> component
+    method_groups: dict[str, Any]  # method id -> its group of fields (shown when chosen)
+    method_md: gr.Markdown
     training_inputs: dict[str, Any]
     counts_md: gr.Markdown
     start_button: gr.Button
@@ -39,7 +41,7 @@ class TrainForm:
             self.dataset,
             self.method,
             self.name,
-            *self.method_inputs.values(),
+            *(c for fields in self.method_inputs.values() for c in fields.values()),
             *self.training_inputs.values(),
         }
 
@@ -51,7 +53,7 @@ def read_form(form: TrainForm, data: dict) -> dict[str, Any]:
         "dataset_id": data[form.dataset] or "",
         "method": data[form.method],
         "method_params": read_values(
-            get_method(data[form.method]).fields, form.method_inputs, data
+            get_method(data[form.method]).fields, form.method_inputs[data[form.method]], data
         ),
         "training": read_values(TRAINING_FIELDS, form.training_inputs, data),
         "name": data[form.name] or None,
@@ -67,8 +69,13 @@ def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
         return f"**Cannot count:** {exc}"
     return (
         f"**Trainable parameters: {est['trainable_params']:,}** of {est['total_params']:,} "
-        f"(**{est['trainable_percent']:.3f}%**)" + dataset_note(settings, spec)
+        f"(**{est['trainable_percent']:.3f}%**); what it writes: "
+        f"**{_megabytes(est['adapter_bytes'])}**" + dataset_note(settings, spec)
     )
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB" if n >= 2**20 else f"{n / 2**10:,.0f} KB"
 
 
 def dataset_note(settings: Settings, spec: dict) -> str:
@@ -98,12 +105,50 @@ def on_start_click(settings: Settings, form: TrainForm, data: dict) -> str:
     )
 
 
-def on_base_model_change(settings: Settings, base_model: str, current: list[str]):
+TARGET_PRESETS = ("attention (q, k, v, o)", "all linear layers", "custom")
+
+
+def on_base_model_change(settings: Settings, base_model: str, *current: list[str]) -> list:
+    """Every target-module picker offers the chosen model's own linear layers."""
+    try:
+        names = linear_module_names(resolve_model(base_model, settings.models_dir))
+    except (ValueError, LookupError):
+        return [gr.update() for _ in current]
+    return [
+        gr.update(choices=names, value=[n for n in chosen if n in names] or chosen)
+        for chosen in current
+    ]
+
+
+def on_preset_change(settings: Settings, preset: str, base_model: str, chosen: list[str]):
+    """attention: q/k/v/o (those the model has); all linear: every linear layer but the head."""
+    if preset == TARGET_PRESETS[2]:
+        return gr.update()
     try:
         names = linear_module_names(resolve_model(base_model, settings.models_dir))
     except (ValueError, LookupError):
         return gr.update()
-    return gr.update(choices=names, value=[n for n in current if n in names] or current)
+    if preset == TARGET_PRESETS[1]:
+        return gr.update(choices=names, value=names)
+    attention = [n for n in names if n in ATTENTION_MODULES] or chosen
+    return gr.update(choices=names, value=attention)
+
+
+def method_description(method_id: str) -> str:
+    method = get_method(method_id)
+    gates = []
+    if not method.can_merge:
+        gates.append("cannot be merged into the base")
+    if not method.can_combine:
+        gates.append("cannot be combined with other adapters")
+    note = f" It {' and '.join(gates)}." if gates else ""
+    return f"**{method.label}** ({method.family}): {method.description}{note}"
+
+
+def on_method_change(form: TrainForm, method_id: str) -> list:
+    return [method_description(method_id)] + [
+        gr.update(visible=key == method_id) for key in form.method_groups
+    ]
 
 
 def build_train_tab(settings: Settings) -> TrainForm:
@@ -124,10 +169,21 @@ def build_train_tab(settings: Settings) -> TrainForm:
             value="lora",
             label="Method",
         )
-    lora = get_method("lora")
-    gr.Markdown(f"**{lora.label}** ({lora.family}): {lora.description}")
-    with gr.Row():
-        method_inputs = {f.name: field_component(f) for f in lora.fields}
+    method_md = gr.Markdown(method_description("lora"))
+    method_inputs: dict[str, dict[str, Any]] = {}
+    method_groups: dict[str, Any] = {}
+    presets: dict[str, Any] = {}
+    for key, entry in METHODS.items():
+        with gr.Group(visible=key == "lora") as group:
+            if any(f.name == "target_modules" for f in entry.fields):
+                presets[key] = gr.Radio(
+                    choices=list(TARGET_PRESETS), value=TARGET_PRESETS[0], label="Target preset"
+                )
+            with gr.Row():
+                method_inputs[key] = {f.name: field_component(f) for f in entry.fields}
+            if not entry.fields:
+                gr.Markdown("No settings: every weight of the model trains.")
+        method_groups[key] = group
     training_inputs = {}
     for start in range(0, len(TRAINING_FIELDS), 4):
         with gr.Row():
@@ -143,22 +199,41 @@ def build_train_tab(settings: Settings) -> TrainForm:
         method=method,
         name=name,
         method_inputs=method_inputs,
+        method_groups=method_groups,
+        method_md=method_md,
         training_inputs=training_inputs,
         counts_md=counts_md,
         start_button=start_button,
         message_md=message_md,
     )
+    pickers = [
+        fields["target_modules"] for fields in method_inputs.values() if "target_modules" in fields
+    ]
     base_model.change(
-        lambda b, t: on_base_model_change(settings, b, t),
-        inputs=[base_model, method_inputs["target_modules"]],
-        outputs=[method_inputs["target_modules"]],
+        lambda b, *t: on_base_model_change(settings, b, *t),
+        inputs=[base_model, *pickers],
+        outputs=pickers,
+        api_visibility="private",
+    )
+    for key, preset in presets.items():
+        picker = method_inputs[key]["target_modules"]
+        preset.input(
+            lambda p, b, t: on_preset_change(settings, p, b, t),
+            inputs=[preset, base_model, picker],
+            outputs=[picker],
+            api_visibility="private",
+        )
+    method.change(
+        lambda m: on_method_change(form, m),
+        inputs=[method],
+        outputs=[method_md, *method_groups.values()],
         api_visibility="private",
     )
     gr.on(
         triggers=[
             base_model.change,
             method.change,
-            *(c.change for c in method_inputs.values()),
+            *(c.change for fields in method_inputs.values() for c in fields.values()),
         ],
         fn=lambda data: on_form_change(settings, form, data),
         inputs=form.inputs(),

@@ -1,0 +1,110 @@
+"""Every method in the registry trains on a tiny model, writes files that reload, and answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from finetune.generate import GenerationParams, ModelCache, load_trained
+from finetune.methods import METHODS, get_method
+from finetune.samples import arithmetic
+from finetune.spec import parse_spec
+from finetune.train import SELECTED_WEIGHTS, train
+from tests.test_train import Recorder
+
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
+# Small settings that still move every method in 3 steps.
+PARAMS = {
+    "lora": {"r": 4},
+    "qlora": {"r": 4},
+    "adalora": {"init_r": 4, "target_r": 2},
+    "loha": {"r": 2},
+    "lokr": {"r": 2},
+    "prompt_tuning": {
+        "num_virtual_tokens": 4,
+        "prompt_tuning_init": "text",
+        "prompt_tuning_init_text": "what is the answer",
+    },
+    "prefix_tuning": {"num_virtual_tokens": 4},
+    "p_tuning": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
+    "selective": {"train": "top_layers", "top_layers": 1},
+}
+
+
+def test_every_method_has_a_case():
+    assert set(PARAMS) | {"ia3", "full"} == set(METHODS)
+
+
+def last_logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits[:, -1].float()  # soft prompts add positions before the input
+
+
+@pytest.mark.parametrize("method_id", list(METHODS))
+def test_method_trains_reloads_and_answers(tiny_model, tmp_path, method_id):
+    spec = parse_spec(
+        {
+            "base_model": str(tiny_model),
+            "dataset_id": "ds-0123456789ab",
+            "method": method_id,
+            "method_params": PARAMS.get(method_id, {}),
+            "training": {
+                "max_steps": 3,
+                "batch_size": 4,
+                "max_length": 128,
+                "learning_rate": 1e-2,
+                "eval_fraction": 0.0,
+            },
+        }
+    )
+    out = tmp_path / "out"
+    recorder = Recorder()
+    result = train(spec, arithmetic(24, 0)[0], str(tiny_model), tmp_path / "w", out, recorder)
+    losses = [v["loss"] for _, v in recorder.logs if "loss" in v]
+    assert result.step == 3 and len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert 0 < result.trainable_params <= result.total_params
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    reference = {k: v.clone() for k, v in base.state_dict().items()}
+    trained = load_trained(str(tiny_model), out).eval()
+    again = load_trained(str(tiny_model), out).eval()
+    logits = last_logits(trained)
+    assert torch.equal(logits, last_logits(again)), "reloading gives identical logits"
+    assert not torch.allclose(logits, last_logits(base)), "the trained weights change the output"
+    assert_frozen_weights_unchanged(method_id, trained, reference, out)
+
+    method = get_method(method_id)
+    if method.can_merge and method.peft_config is not None:
+        merged = load_trained(str(tiny_model), out).merge_and_unload()
+        assert torch.allclose(last_logits(merged), logits, atol=1e-4), "merging keeps the output"
+
+    cache = ModelCache()
+    (answer,) = cache.generate(
+        str(tiny_model), [("a", out)], "What is 12 + 13?", GenerationParams(max_new_tokens=3)
+    )
+    assert answer["adapter"] == "a" and isinstance(answer["text"], str)
+
+
+def assert_frozen_weights_unchanged(method_id, trained, reference, out):
+    if method_id == "full":
+        config = json.loads((out / "config.json").read_text())
+        assert config["model_type"] == "llama", "a full model folder"
+        return
+    if method_id == "selective":
+        changed = set(load_file(out / SELECTED_WEIGHTS))
+        assert changed and all(name.startswith("model.layers.1.") for name in changed)
+        weights = trained.state_dict()
+    else:
+        changed = set()
+        weights = {
+            k.replace(".base_layer", ""): v
+            for k, v in trained.get_base_model().state_dict().items()
+        }
+    for name, value in reference.items():
+        if name not in changed:
+            assert torch.equal(weights[name], value), f"frozen weight {name} changed"
