@@ -153,7 +153,8 @@ def train(
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
-        activation_checkpointing=False,  # TRL's default is on: ~20% slower for less memory
+        # TRL's default is on; ours is off (about 20% faster) unless memory asks for it.
+        activation_checkpointing=t["activation_checkpointing"],
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         **device_settings(),

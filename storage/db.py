@@ -80,6 +80,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE datasets ADD COLUMN deleted_at REAL;
     """,
+    # 4: the pre-flight memory estimate, shown beside the measured peak
+    """
+    ALTER TABLE jobs ADD COLUMN memory_estimate_mb REAL;
+    """,
 ]
 
 

@@ -105,6 +105,7 @@ class Job:
     error_detail: str | None
     checkpoint: str | None
     adapter_id: str | None
+    memory_estimate_mb: float | None = None
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,11 @@ def test_text_rows_and_a_separate_eval_split_train(tiny_model, tmp_path):
     assert result.step == 2 and (tmp_path / "o" / "adapter_model.safetensors").is_file()
     assert all(v["loss"] > 0 for _, v in recorder.logs if "loss" in v)
     assert any("eval_loss" in v for _, v in recorder.logs)
+
+
+def test_activation_checkpointing_trains_an_adapter(tiny_model, tmp_path):
+    spec = spec_for(tiny_model, max_steps=2, activation_checkpointing=True, eval_fraction=0.0)
+    result = train(
+        spec, arithmetic(16, 0)[0], str(tiny_model), tmp_path / "w", tmp_path / "o", Recorder()
+    )
+    assert result.step == 2 and (tmp_path / "o" / "adapter_model.safetensors").is_file()

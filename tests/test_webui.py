@@ -350,3 +350,12 @@ def test_list_methods_is_the_registry():
         "prefix_tuning",
         "p_tuning",
     }
+
+
+def test_progress_shows_peak_memory_beside_the_estimate():
+    job = a_job(state=JobState.RUNNING, step=1, total_steps=4, memory_estimate_mb=2048.0)
+    metric = Metric(1, 0.1, 2.0, None, 1e-4, 50.0, 1536.0, 1.0)
+    assert "peak memory 1.50 GiB (estimated 2.00 GiB before the start)" in progress_html(
+        job, [metric]
+    )
+    assert "peak memory" not in progress_html(job, [])

@@ -18,7 +18,9 @@ from finetune.counts import count_parameters
 from finetune.data import common_system_prompt, read_rows
 from finetune.fields import SpecError
 from finetune.generate import GenerationParams, ModelCache
-from finetune.models import resolve_model
+from finetune.memory import current_device, estimate_memory
+from finetune.methods import get_method
+from finetune.models import load_config, resolve_model
 from finetune.spec import parse_spec
 from jobs.queue import submit_job
 from storage.settings import Settings
@@ -34,11 +36,22 @@ def estimate(settings: Settings, spec: Any) -> dict[str, Any]:
     counts = count_parameters(
         model, parsed.method, parsed.method_params, settings.allow_remote_code
     )
+    memory = estimate_memory(
+        load_config(model, settings.allow_remote_code),
+        counts.trainable,
+        counts.total,
+        get_method(parsed.method),
+        parsed.method_params,
+        parsed.training,
+        current_device(),
+        _longest_row(settings, parsed.dataset_id, model),
+    )
     return {
         "trainable_params": counts.trainable,
         "total_params": counts.total,
         "trainable_percent": round(counts.percent, 4),
         "adapter_bytes": counts.size_bytes,
+        "memory": memory.to_dict(),
     }
 
 
@@ -47,6 +60,17 @@ def list_methods() -> list[dict[str, Any]]:
     from finetune.methods import METHODS
 
     return [m.describe() for m in METHODS.values()]
+
+
+def _longest_row(settings: Settings, dataset_id: str, model: str) -> int | None:
+    """None when the dataset is not known yet (the form before a dataset is chosen)."""
+    from webui.data_actions import longest_row
+
+    try:
+        dataset = Store(settings.data_dir).get_dataset(dataset_id)
+        return longest_row(settings.data_dir, dataset.id, str(model), settings.allow_remote_code)
+    except (LookupError, OSError, ValueError):
+        return None
 
 
 def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
@@ -64,6 +88,7 @@ def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
         job.id,
         trainable_params=counts["trainable_params"],
         total_params=counts["total_params"],
+        memory_estimate_mb=counts["memory"]["total"] / 2**20,
     )
     return {"job_id": job.id, "status": job.state.value, **counts}
 

@@ -7,6 +7,7 @@ then its folder and its row appear together, or not at all.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -450,6 +451,17 @@ def preview_dataset(
     stats["seconds_per_epoch"] = round(stats["tokens_per_epoch"] / tps, 1) if tps else None
     out["token_stats"] = stats
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def longest_row(data_dir: Path, dataset_id: str, model_path: str, trust: bool) -> int:
+    """The longest row of a dataset in a model's tokens (from a sample of a big one); datasets
+    never change, so this is cached."""
+    from finetune.preview import STATS_SAMPLE, load_tokenizer, token_lengths
+
+    store = Store(data_dir)
+    _, sample, _ = sample_rows(store.dataset_dir(dataset_id) / "rows.jsonl", 0, STATS_SAMPLE)
+    return max(token_lengths(load_tokenizer(model_path, trust), sample), default=0)
 
 
 def list_datasets(settings: Settings) -> list[dict[str, Any]]:

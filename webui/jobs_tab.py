@@ -59,8 +59,19 @@ def progress_html(job: Job, metrics: list[Metric]) -> str:
         f"<div><b>{job.state.value}</b> · step {job.step} of {total or '?'}{eta}{losses}</div>"
         f'<div style="background:#e5e7eb;border-radius:6px;height:14px;margin-top:6px">'
         f'<div class="job-progress" style="width:{fraction * 100:.1f}%;height:14px;'
-        f'border-radius:6px;background:#f97316"></div></div>'
+        f'border-radius:6px;background:#f97316"></div></div>' + memory_line(job, metrics)
     )
+
+
+def memory_line(job: Job, metrics: list[Metric]) -> str:
+    """The measured peak beside the pre-flight estimate, once there is a measurement."""
+    peaks = [m.memory_mb for m in metrics if m.memory_mb is not None]
+    if not peaks:
+        return ""
+    line = f"peak memory {max(peaks) / 1024:.2f} GiB"
+    if job.memory_estimate_mb:
+        line += f" (estimated {job.memory_estimate_mb / 1024:.2f} GiB before the start)"
+    return f"<div><small>{line}</small></div>"
 
 
 def _seconds_left(metrics: list[Metric], total: int) -> float | None:

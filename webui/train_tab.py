@@ -70,8 +70,27 @@ def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
     return (
         f"**Trainable parameters: {est['trainable_params']:,}** of {est['total_params']:,} "
         f"(**{est['trainable_percent']:.3f}%**); what it writes: "
-        f"**{_megabytes(est['adapter_bytes'])}**" + dataset_note(settings, spec)
+        f"**{_megabytes(est['adapter_bytes'])}**"
+        + memory_note(est["memory"])
+        + dataset_note(settings, spec)
     )
+
+
+def memory_note(memory: dict) -> str:
+    """The estimate against the device's free memory; what to change when it will not fit."""
+    gib = 2**30
+    parts = ", ".join(
+        f"{name} {memory[name] / gib:.2f}"
+        for name in ("weights", "gradients", "optimizer", "activations", "logits", "runtime")
+    )
+    device = memory["device"]
+    line = (
+        f"\n\nMemory: about **{memory['total'] / gib:.1f} GiB** ({parts} GiB) of "
+        f"{device['available_bytes'] / gib:.1f} GiB free on {device['name']}"
+    )
+    if memory["fits"]:
+        return line + "."
+    return line + ": **it will not fit.** Try " + "; ".join(memory["advice"]) + "."
 
 
 def _megabytes(n: int) -> str:
