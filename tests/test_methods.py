@@ -108,3 +108,71 @@ def assert_frozen_weights_unchanged(method_id, trained, reference, out):
     for name, value in reference.items():
         if name not in changed:
             assert torch.equal(weights[name], value), f"frozen weight {name} changed"
+
+
+def chat(user: str, answer: str, system: str = "") -> dict:
+    turns = [{"role": "system", "content": system}] if system else []
+    return {
+        "messages": [
+            *turns,
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+
+
+SEQ2SEQ_ROWS = [chat(f"What is {a} + {b}?", str(a + b)) for a in range(10, 18) for b in (10, 11)]
+LABELS = ["answer", "greeting"]
+CLASSIFICATION_ROWS = [
+    chat(text, label, "Classify the text. Reply with one label: answer, greeting.")
+    for text, label in [("hello how are you", "greeting"), ("what is the answer", "answer")] * 8
+]
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "classification"])
+@pytest.mark.parametrize("method_id", list(METHODS))
+def test_method_trains_for_encoder_tasks(request, tmp_path, method_id, task):
+    method = get_method(method_id)
+    task_type = {"seq2seq": "SEQ_2_SEQ_LM", "classification": "SEQ_CLS"}[task]
+    if task_type not in method.tasks:
+        pytest.skip(f"{method_id} does not support {task} (the registry says so)")
+    model = request.getfixturevalue("tiny_t5" if task == "seq2seq" else "tiny_bert")
+    params = {k: v for k, v in PARAMS.get(method_id, {}).items() if k != "prompt_tuning_init"}
+    params.pop("prompt_tuning_init_text", None)
+    spec = parse_spec(
+        {
+            "base_model": str(model),
+            "dataset_id": "ds-0123456789ab",
+            "method": method_id,
+            "method_params": params,
+            "training": {
+                "max_steps": 3,
+                "batch_size": 4,
+                "max_length": 32,
+                "learning_rate": 1e-2,
+                "eval_fraction": 0.0,
+            },
+        }
+    )
+    rows = SEQ2SEQ_ROWS if task == "seq2seq" else CLASSIFICATION_ROWS
+    out = tmp_path / "out"
+    recorder = Recorder()
+    result = train(spec, rows, str(model), tmp_path / "w", out, recorder)
+    losses = [v["loss"] for _, v in recorder.logs if "loss" in v]
+    assert result.step == 3 and all(math.isfinite(x) for x in losses)
+
+    trained = load_trained(str(model), out).eval()
+    again = load_trained(str(model), out).eval()
+    inputs = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS)}
+    if task == "seq2seq":
+        inputs["decoder_input_ids"] = IDS[:, :2]
+    with torch.no_grad():
+        assert torch.equal(trained(**inputs).logits, again(**inputs).logits)
+    cache = ModelCache()
+    (answer,) = cache.generate(
+        str(model), [("a", out)], "What is 12 + 10?", GenerationParams(max_new_tokens=3)
+    )
+    if task == "classification":
+        assert answer["text"].split(" (")[0] in LABELS
+    else:
+        assert isinstance(answer["text"], str)

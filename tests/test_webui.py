@@ -128,7 +128,7 @@ def filled_form(settings, **values):
 def test_form_counts_and_start(with_tiny):
     form, data = filled_form(with_tiny, r=4)
     counts = on_form_change(with_tiny, form, data)
-    assert counts.startswith("**Trainable parameters:")
+    assert counts.startswith("Task: causal LM") and "**Trainable parameters:" in counts
     assert "**Cannot count:** method_params.r" in on_form_change(
         with_tiny, *filled_form(with_tiny, r=0)
     )
@@ -327,9 +327,7 @@ def test_each_method_has_its_own_fields_and_count(with_tiny):
         "feedforward_modules",
     }
     counts = on_form_change(with_tiny, form, data)
-    assert (
-        counts.startswith("**Trainable parameters: 384**") and "what it writes: **2 KB**" in counts
-    )
+    assert "**Trainable parameters: 384**" in counts and "what it writes: **2 KB**" in counts
 
     everything = on_preset_change(with_tiny, "all linear layers", "tiny", ["q_proj"])
     assert "gate_proj" in everything["value"] and "up_proj" in everything["value"]
@@ -359,3 +357,21 @@ def test_progress_shows_peak_memory_beside_the_estimate():
         job, [metric]
     )
     assert "peak memory" not in progress_html(job, [])
+
+
+def test_an_encoder_classifies_and_refuses_other_datasets(settings, tiny_bert, tmp_path):
+    shutil.copytree(tiny_bert, settings.models_dir / "bert")
+    topics = data_actions.add_sample(settings, "topics")
+    chat = data_actions.add_sample(settings, "arithmetic")
+    spec = {"base_model": "bert", "dataset_id": topics["id"], "training": {"max_steps": 1}}
+    estimate = actions.estimate(settings, spec)
+    assert estimate["task"] == "SEQ_CLS"
+    head = 64 * 5 + 5  # the classifier for the sample's five labels trains too
+    assert estimate["trainable_params"] > head
+    started = actions.start_job(settings, spec)
+    job = Store(settings.data_dir).get_job(started["job_id"])
+    assert job.spec["method_params"]["target_modules"] == ["query", "key", "value"]
+    with pytest.raises(ValueError, match="needs a classification dataset"):
+        actions.start_job(settings, {**spec, "dataset_id": chat["id"]})
+    with pytest.raises(ValueError, match="has no chat template"):
+        data_actions.preview_dataset(settings, chat["id"], "bert")

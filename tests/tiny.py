@@ -37,10 +37,11 @@ def _corpus() -> list[str]:
     return lines + [" ".join(words)] * 20 + ["system user assistant"] * 5
 
 
-def build_tiny_model(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    import torch
+def _tokenizer(path: Path, chat: bool = True):
+    """A byte-level BPE tokenizer trained on the corpus, with ChatML's special tokens (and its
+    chat template for a chat model)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
     raw = Tokenizer(models.BPE(unk_token=None))
@@ -60,8 +61,17 @@ def build_tiny_model(path: Path, hidden: int = 64, layers: int = 2, seed: int = 
         pad_token="<|endoftext|>",
         bos_token=None,
     )
-    tokenizer.chat_template = CHATML
+    if chat:
+        tokenizer.chat_template = CHATML
     tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def build_tiny_model(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _tokenizer(path)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -76,4 +86,47 @@ def build_tiny_model(path: Path, hidden: int = 64, layers: int = 2, seed: int = 
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def build_tiny_t5(path: Path, seed: int = 0) -> Path:
+    """An encoder-decoder (seq2seq), T5-shaped: linear layers q, k, v, o, wi, wo."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = _tokenizer(path, chat=False)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def build_tiny_bert(path: Path, seed: int = 0) -> Path:
+    """An encoder (BERT-shaped, for classification): linear layers query, key, value, dense."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = _tokenizer(path, chat=False)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(path, safe_serialization=True)
     return path

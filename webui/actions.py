@@ -10,11 +10,11 @@ import os
 import tempfile
 import time
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from finetune.counts import count_parameters
+from finetune.counts import count_parameters, fitted_params
 from finetune.data import common_system_prompt, read_rows
 from finetune.fields import SpecError
 from finetune.generate import GenerationParams, ModelCache
@@ -22,6 +22,7 @@ from finetune.memory import current_device, estimate_memory
 from finetune.methods import get_method
 from finetune.models import load_config, resolve_model
 from finetune.spec import parse_spec
+from finetune.tasks import SEQ_2_SEQ_LM, SEQ_CLS, model_task
 from jobs.queue import submit_job
 from storage.settings import Settings
 from storage.store import Job, NotFound, Store
@@ -33,11 +34,14 @@ def estimate(settings: Settings, spec: Any) -> dict[str, Any]:
     """Trainable and total parameters for a spec, exact, without loading weights."""
     parsed = parse_spec(spec)
     model = resolve_model(parsed.base_model, settings.models_dir)
+    config = load_config(model, settings.allow_remote_code)
+    dataset = _dataset_or_none(settings, parsed.dataset_id)
+    labels = dataset.stats.get("labels") if dataset else None
     counts = count_parameters(
-        model, parsed.method, parsed.method_params, settings.allow_remote_code
+        model, parsed.method, parsed.method_params, settings.allow_remote_code, labels
     )
     memory = estimate_memory(
-        load_config(model, settings.allow_remote_code),
+        config,
         counts.trainable,
         counts.total,
         get_method(parsed.method),
@@ -47,12 +51,35 @@ def estimate(settings: Settings, spec: Any) -> dict[str, Any]:
         _longest_row(settings, parsed.dataset_id, model),
     )
     return {
+        "task": model_task(config),
         "trainable_params": counts.trainable,
         "total_params": counts.total,
         "trainable_percent": round(counts.percent, 4),
         "adapter_bytes": counts.size_bytes,
         "memory": memory.to_dict(),
     }
+
+
+def _dataset_or_none(settings: Settings, dataset_id: str):
+    try:
+        return Store(settings.data_dir).get_dataset(dataset_id)
+    except LookupError:
+        return None
+
+
+def check_task_fit(task: str, dataset_format: str) -> None:
+    """The dataset must be what the model's task trains on."""
+    if task == SEQ_CLS and dataset_format != "classification":
+        raise SpecError(
+            f"dataset_id: an encoder model classifies text, so it needs a classification "
+            f"dataset (text + label); this one is {dataset_format}. Pick a decoder model to "
+            "train on it, or a classification dataset."
+        )
+    if task == SEQ_2_SEQ_LM and dataset_format == "text":
+        raise SpecError(
+            "dataset_id: a seq2seq model maps an input to a target; plain text has no target. "
+            "Pick a decoder model for continued pretraining."
+        )
 
 
 def list_methods() -> list[dict[str, Any]]:
@@ -82,6 +109,10 @@ def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
     except LookupError:
         raise SpecError(f"dataset_id: no dataset {parsed.dataset_id!r}; upload one first") from None
     counts = estimate(settings, spec)
+    check_task_fit(counts["task"], dataset.format)
+    model = resolve_model(parsed.base_model, settings.models_dir)
+    fitted = fitted_params(model, parsed.method, parsed.method_params, settings.allow_remote_code)
+    parsed = replace(parsed, method_params=fitted)  # the recipe says what really trains
     name = parsed.name or f"{parsed.method} on {dataset.name} · {time.strftime('%b %d %H:%M')}"
     job = submit_job(settings, name, asdict(parsed), dataset.id)
     store.update_job(

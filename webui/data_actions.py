@@ -443,6 +443,12 @@ def preview_dataset(
     from finetune.preview import render, token_stats
 
     tokenizer = tokenizer_of(settings, base_model)
+    if tokenizer.chat_template is None and any("messages" in r for r in first):
+        raise ValueError(
+            f"{base_model} has no chat template: it is not a chat model. Seq2seq and "
+            "classification models train on each row's input and answer as they are; pick a "
+            "chat model to see the template applied."
+        )
     out["examples"] = [ex for row in first for ex in render(tokenizer, row, max_length)]
     stats = token_stats(tokenizer, sample, max_length, total)
     history = store.throughput(base_model)

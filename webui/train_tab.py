@@ -11,6 +11,7 @@ from finetune.counts import linear_module_names
 from finetune.methods import ATTENTION_MODULES, METHODS, get_method
 from finetune.models import resolve_model
 from finetune.spec import TRAINING_FIELDS
+from finetune.tasks import TASKS
 from storage.settings import Settings
 from storage.store import Store
 from webui import actions
@@ -68,6 +69,7 @@ def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
     except (ValueError, LookupError) as exc:
         return f"**Cannot count:** {exc}"
     return (
+        f"Task: {TASKS[est['task']]}.\n\n"
         f"**Trainable parameters: {est['trainable_params']:,}** of {est['total_params']:,} "
         f"(**{est['trainable_percent']:.3f}%**); what it writes: "
         f"**{_megabytes(est['adapter_bytes'])}**"
