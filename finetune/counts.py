@@ -60,9 +60,24 @@ def count_parameters(
         if ".ranknum." in name:  # AdaLoRA's rank counter: frozen, but not when moved to meta
             param.requires_grad_(False)
     trainable, total = trainable_counts(wrapped)
-    # PEFT keeps adapter weights in float32 (even beside a bf16 base); selective and full
-    # training write base weights in the training precision, float32 on a CPU.
-    return Counts(trainable, total, trainable * FLOAT32_BYTES)
+    return Counts(trainable, total, _saved_values(wrapped, trainable) * FLOAT32_BYTES)
+
+
+def _saved_values(model, trainable: int) -> int:
+    """How many values the run writes: PEFT's own selection of what to save (a p-tuning
+    encoder saves only the prompt it produces; prefix projection likewise). Selective and full
+    runs write what trains. Sizes are float32 (PEFT keeps adapters so; a CPU trains so)."""
+    if not hasattr(model, "peft_config"):
+        return trainable
+    config = model.peft_config["default"]
+    if config.is_prompt_learning:  # the virtual tokens' vectors (per layer, for prefixes)
+        width = config.token_dim * (
+            2 * config.num_layers if config.peft_type == "PREFIX_TUNING" else 1
+        )
+        return config.num_virtual_tokens * config.num_transformer_submodules * width
+    from peft import get_peft_model_state_dict
+
+    return sum(t.numel() for t in get_peft_model_state_dict(model).values())
 
 
 def linear_module_names(model: str, trust_remote_code: bool = False) -> list[str]:

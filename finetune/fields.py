@@ -19,7 +19,7 @@ class Field:
     help: str = ""
     minimum: float | None = None
     maximum: float | None = None
-    choices: tuple[str, ...] | None = None
+    choices: tuple[Any, ...] | None = None  # the allowed values (text or whole numbers)
     optional: bool = False  # None is accepted
 
     def parse(self, value: Any, where: str) -> Any:
@@ -62,6 +62,8 @@ class Field:
         low, high = self.minimum, self.maximum
         if (low is not None and value < low) or (high is not None and value > high):
             raise SpecError(f"{where}: must be from {low:g} to {high:g}, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise SpecError(f"{where}: must be one of {', '.join(map(str, self.choices))}")
         return value
 
 

@@ -3,13 +3,14 @@
 Peak memory of a training step is, to first order: the weights at their precision, the
 trainable weights' gradients and AdamW's two states, the activations kept for the backward pass
 (Korthikanti et al. 2022, "Reducing Activation Recomputation": per layer and token about
-34 x hidden + 5 x heads x length values at 16 bits), the logits over the vocabulary in float32
+34 x hidden + 5 x heads x length bytes at 16 bits), the logits over the vocabulary in float32
 with their gradient, and the runtime itself. It is an estimate: the Jobs tab shows it next to the
 measured peak.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,15 +25,31 @@ class Device:
     name: str
     total_bytes: int
     available_bytes: int
+    bf16: bool = True  # a GPU with bfloat16 (Ampere and later)
 
 
 def current_device() -> Device:
-    """The device a job would run on now, and the memory it has free."""
+    """The device a job would run on now, and the memory it has free. The GPU is read through
+    nvidia-smi: asking torch would create a CUDA context (about 0.5 GiB) in the web process."""
+    import shutil
+    import subprocess
+
     import torch
 
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        return Device("cuda", torch.cuda.get_device_name(0), total, free)
+    smi = shutil.which("nvidia-smi")
+    if smi and torch.cuda.is_available():
+        query = "--query-gpu=name,memory.total,memory.free"
+        with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+            first = subprocess.run(
+                [smi, query, "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.splitlines()[0]
+            name, total, free = (part.strip() for part in first.split(","))
+            bf16 = not any(old in name for old in ("T4", "V100", "P100", "K80", "P4"))
+            return Device("cuda", name, int(total) * 2**20, int(free) * 2**20, bf16)
     import psutil
 
     memory = psutil.virtual_memory()
@@ -93,27 +110,32 @@ def estimate_memory(
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden, layers = text.hidden_size, text.num_hidden_layers
     heads, vocab = text.num_attention_heads, text.vocab_size
-    precision = 2 if device.kind == "cuda" else 4  # bf16 on a GPU, float32 on a CPU
+    # bf16 where the GPU has it (as training loads the model), else float32
+    precision = 2 if device.kind == "cuda" and device.bf16 else 4
     trains_base = method.select is not None  # selective / full: base weights train
     adapter = 0 if trains_base else trainable
     base = total - adapter
 
     embeddings = vocab * hidden * (1 if getattr(text, "tie_word_embeddings", True) else 2)
     bits = method_params.get("bits") if method.quantization else None
-    if bits:  # linear layers at 4 or 8 bits (plus about 3% for the scales); embeddings not
-        weights = int((base - embeddings) * bits / 8 * 1.03) + embeddings * precision
+    if bits:  # linear layers at 4 or 8 bits (plus about 3% for the scales); embeddings, norms
+        # and the head are cast to float32 for k-bit training
+        weights = int((base - embeddings) * bits / 8 * 1.03) + embeddings * 4
     else:
         weights = base * precision
     weights += adapter * 4  # PEFT keeps adapter weights in float32
 
-    grad_bytes = precision if trains_base else 4
-    gradients = trainable * grad_bytes
-    optimizer = trainable * 4 * ADAM_STATES
+    state_bytes = precision if trains_base else 4  # base weights train in their own precision
+    gradients = trainable * state_bytes
+    optimizer = trainable * state_bytes * ADAM_STATES
 
     batch, length = training["batch_size"], min(training["max_length"], longest_row or 10**9)
     length += method_params.get("num_virtual_tokens", 0) if method.family == "additive" else 0
     tokens = batch * length
-    per_layer = tokens * (34 * hidden + 5 * heads * length) * precision // 2
+    # The 5 x heads x length term is the attention matrix, which eager attention keeps; SDPA
+    # (transformers' default where it exists) does not.
+    attention = 5 * heads * length if getattr(text, "_attn_implementation", "") == "eager" else 0
+    per_layer = tokens * (34 * hidden + attention) * precision // 2
     if training.get("activation_checkpointing"):  # keep layer inputs; recompute one at a time
         activations = tokens * hidden * precision * layers + per_layer
     else:

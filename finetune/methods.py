@@ -15,6 +15,9 @@ from typing import Any
 from finetune.fields import Field, SpecError, parse_fields
 
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+# LoRA inits that change the base weights: the adapter is saved converted to apply to the
+# original base (PEFT's path_initial_model_for_weight_conversion).
+CONVERTED_INITS = ("pissa", "olora")
 CAUSAL_LM = "CAUSAL_LM"
 ALL_TASKS = (CAUSAL_LM, "SEQ_2_SEQ_LM", "SEQ_CLS")  # finetune.tasks names them
 
@@ -52,8 +55,6 @@ class Method:
                     f"method_params.feedforward_modules: {', '.join(extra)} must also be in "
                     "target_modules"
                 )
-        if values.get("init_lora_weights") == "loftq" and self.quantization is None:
-            _require_cuda("LoftQ initialisation")
         return values
 
     def describe(self) -> dict[str, Any]:
@@ -80,13 +81,6 @@ class Method:
                 for f in self.fields
             ],
         }
-
-
-def _require_cuda(what: str) -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SpecError(f"method_params: {what} needs a CUDA GPU, and this machine has none")
 
 
 # ---- fields shared by several methods ----
@@ -126,9 +120,9 @@ _LORA_FIELDS = (
         "Initialisation",
         str,
         "default",
-        "default (B = 0), gaussian, PiSSA / OLoRA (from the weights' SVD / QR), "
-        "LoftQ (GPU: fits the quantization error).",
-        choices=("default", "gaussian", "pissa", "olora", "loftq"),
+        "default (B = 0), gaussian, or PiSSA / OLoRA (from the weights' SVD / QR; saved as a "
+        "plain LoRA of twice the rank that applies to the original base).",
+        choices=("default", "gaussian", "pissa", "olora"),
     ),
 )
 _LYCORIS_FIELDS = (
@@ -144,10 +138,10 @@ _LYCORIS_FIELDS = (
 
 
 def _lora(params: dict[str, Any], ctx: Context):
-    from peft import LoftQConfig, LoraConfig
+    from peft import LoraConfig
 
     init = params["init_lora_weights"]
-    if ctx.for_counting and init in ("pissa", "olora", "loftq"):
+    if ctx.for_counting and init in CONVERTED_INITS:
         init = "default"  # same shapes and counts; these read real weights
     return LoraConfig(
         r=params["r"],
@@ -157,7 +151,6 @@ def _lora(params: dict[str, Any], ctx: Context):
         use_dora=params["use_dora"],
         use_rslora=params["use_rslora"],
         init_lora_weights=True if init == "default" else init,
-        loftq_config=LoftQConfig(loftq_bits=4) if init == "loftq" else {},
         bias="none",
         task_type=ctx.task_type,
     )
@@ -231,6 +224,9 @@ def _select(model, params: dict[str, Any]) -> list[str]:
     names: list[str]
     mode = params["train"]
     named = dict(model.named_parameters())
+    # Tied weights (lm_head and embed_tokens) are one tensor listed under its first name.
+    canonical = {id(p): n for n, p in named.items()}
+    aliases = {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
     if mode == "top_layers":
         blocks = _layer_stack(model)
         if blocks is None:
@@ -245,7 +241,9 @@ def _select(model, params: dict[str, Any]) -> list[str]:
         names = [n for n in named if any(n.startswith(k) for k in keep)]
     elif mode == "names":
         wanted = params["module_names"]
-        names = [n for n in named if any(w in n.split(".") for w in wanted)]
+        names = list(
+            dict.fromkeys(aliases[n] for n in aliases if any(w in n.split(".") for w in wanted))
+        )
     elif mode == "bias":
         names = [n for n in named if n.endswith(".bias")]
     else:  # norm
@@ -305,7 +303,7 @@ METHODS: dict[str, Method] = {
             "LoRA on a base loaded in 4-bit (NF4 / FP4) or 8-bit: a fraction of the memory.",
             (
                 *_LORA_FIELDS[:4],
-                Field("bits", "Base precision (bits)", int, 4, "4 or 8.", 4, 8),
+                Field("bits", "Base precision (bits)", int, 4, "4 or 8.", 4, 8, choices=(4, 8)),
                 Field(
                     "quant_type", "4-bit type", str, "nf4", "NF4 or FP4.", choices=("nf4", "fp4")
                 ),
@@ -314,8 +312,7 @@ METHODS: dict[str, Method] = {
             peft_config=lambda p, ctx: _lora(
                 {**p, "use_dora": False, "use_rslora": False, "init_lora_weights": "default"}, ctx
             ),
-            quantization=_qlora_quantization,
-            can_merge=False,  # into 4-bit weights it would round the update away
+            quantization=_qlora_quantization,  # merged into a full-precision copy of the base
         ),
         Method(
             "adalora",
@@ -489,6 +486,7 @@ METHODS: dict[str, Method] = {
             "and a full-size copy of the model.",
             (),
             select=_full,
+            can_merge=False,  # nothing to merge: the result is a whole model
             can_combine=False,
         ),
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from finetune.data import MAX_LABELS, DataError
+from finetune.methods import CONVERTED_INITS
 from finetune.spec import JobSpec
 from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, auto_class, label_kwargs, model_task
 
@@ -150,6 +151,7 @@ def train(
     context = Context(model_path=model_path, total_steps=planned, task_type=task)
     model = apply_method(model, method, spec.method_params, context)
     trainable, total = trainable_counts(model)
+    initial = keep_initial_adapter(model, spec.method_params, work_dir)
     arguments = dict(
         output_dir=str(work_dir),
         max_steps=steps if steps is not None else -1,
@@ -175,7 +177,10 @@ def train(
     if task == CAUSAL_LM:
         from trl import SFTConfig, SFTTrainer
 
-        trainer = SFTTrainer(
+        trainer_class = (
+            _with_orthogonal_penalty(SFTTrainer) if method.id == "adalora" else SFTTrainer
+        )
+        trainer = trainer_class(
             model=model,
             args=SFTConfig(**arguments, max_length=t["max_length"]),
             train_dataset=train_data,
@@ -203,7 +208,7 @@ def train(
     trainer.train()
 
     out_dir.mkdir(parents=True)
-    save_trained(trainer.model, tokenizer, method, spec.method_params, out_dir)
+    save_trained(trainer.model, tokenizer, method, spec.method_params, out_dir, initial)
     if labels:
         (out_dir / LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
     state = trainer.state
@@ -268,13 +273,17 @@ def _collator(task: str, tokenizer):
 SELECTED_WEIGHTS = "selected_weights.safetensors"  # what a selective run trained, by name
 
 
-def save_trained(model, tokenizer, method, params: dict, out_dir: Path) -> None:
+def save_trained(
+    model, tokenizer, method, params: dict, out_dir: Path, initial: Path | None = None
+) -> None:
     """What the run changed, in the ecosystem's own files: a PEFT adapter folder; for full
     fine-tuning a model folder (from_pretrained loads it); for selective, the trained tensors
     under their names in the base model (load_state_dict(..., strict=False) applies them)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     if method.id == "full":
         model.save_pretrained(out_dir, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
     elif method.select is not None:
         from safetensors.torch import save_file
 
@@ -287,7 +296,52 @@ def save_trained(model, tokenizer, method, params: dict, out_dir: Path) -> None:
             encoding="utf-8",
         )
     else:
-        model.save_pretrained(out_dir, safe_serialization=True)
+        model.save_pretrained(
+            out_dir,
+            safe_serialization=True,
+            path_initial_model_for_weight_conversion=str(initial) if initial else None,
+        )
+
+
+def keep_initial_adapter(model, params: dict, work_dir: Path) -> Path | None:
+    """PiSSA / OLoRA rewrite the base's weights: keep the starting adapter, so the saved one
+    can be converted to a plain LoRA on the original base (PEFT's recipe)."""
+    if params.get("init_lora_weights") not in CONVERTED_INITS:
+        return None
+    initial = work_dir / "initial-adapter"
+    model.peft_config["default"].init_lora_weights = True
+    model.save_pretrained(initial)
+    return initial
+
+
+def _with_orthogonal_penalty(trainer_class):
+    """AdaLoRA adds its orthogonality penalty to outputs.loss; TRL's SFT loss is computed from
+    the log-probabilities and never reads it, so it is added here, as PEFT computes it."""
+
+    class Trainer(trainer_class):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = result if return_outputs else (result, None)
+            loss = loss + _orthogonal_penalty(model)
+            return (loss, outputs) if return_outputs else loss
+
+    return Trainer
+
+
+def _orthogonal_penalty(model):
+    """orth_reg_weight x the mean Frobenius distance of A A^T and B^T B from the identity."""
+    import torch
+
+    adalora = model.base_model
+    name = adalora.trainable_adapter_name
+    terms = []
+    for key, p in adalora.model.named_parameters():
+        if ("lora_A" in key or "lora_B" in key) and name in key and p.numel():
+            cov = p @ p.T if "lora_A" in key else p.T @ p
+            eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
+            terms.append(torch.norm(cov - eye, p="fro"))
+    weight = adalora.peft_config[name].orth_reg_weight
+    return weight * torch.stack(terms).mean() if terms else 0.0
 
 
 def _method_callbacks(method_id: str) -> list:
@@ -355,9 +409,9 @@ def _memory_mb() -> float:
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    import psutil
+    import resource
 
-    return psutil.Process().memory_info().rss / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the peak, in KiB on Linux
 
 
 def write_model_card(

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from finetune.counts import count_parameters, linear_module_names
 from finetune.fields import SpecError
 from finetune.methods import METHODS, Context, apply_method, get_method
+from finetune.models import load_config
 
 
 @pytest.mark.parametrize("r", [1, 4, 8])
@@ -46,8 +47,13 @@ def test_unknown_target_module_lists_the_real_ones(tiny_model):
 
 
 @pytest.mark.parametrize("method_id", list(METHODS))
-def test_meta_counts_equal_counts_on_real_weights(tiny_model, method_id):
-    """The weightless count (shown before Start) is the count of the model that trains."""
+def test_meta_counts_equal_counts_on_real_weights(tiny_model, tmp_path, method_id):
+    """The weightless count (shown before Start) is the count of the model that trains, and
+    the size is that of the files the run writes."""
+    from safetensors.torch import load_file
+
+    from finetune.train import save_trained
+
     method = get_method(method_id)
     params = method.parse({"target_modules": ["q_proj", "v_proj"]} if "r" in _names(method) else {})
     counts = count_parameters(str(tiny_model), method_id, params)
@@ -56,7 +62,10 @@ def test_meta_counts_equal_counts_on_real_weights(tiny_model, method_id):
     )
     real = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert counts.trainable == real > 0
-    assert counts.size_bytes == 4 * real
+    save_trained(model, None, method, params, tmp_path / "out")
+    (weights,) = tmp_path.joinpath("out").glob("*.safetensors")
+    saved = sum(t.numel() for t in load_file(weights).values())
+    assert counts.size_bytes == 4 * saved
 
 
 def _names(method):
@@ -100,3 +109,16 @@ def test_selective_refusals_name_the_problem(tiny_model):
         count_parameters(str(tiny_model), "selective", params)
     with pytest.raises(SpecError, match="feedforward_modules: up_proj must also be in"):
         get_method("ia3").parse({"feedforward_modules": ["up_proj"]})
+
+
+def test_selective_names_find_tied_weights():
+    """SmolLM2 ties lm_head to embed_tokens: naming either trains that one tensor."""
+    from tests.conftest import bundled_models_dir
+
+    model = bundled_models_dir() / "SmolLM2-135M-Instruct"
+    if not model.is_dir():
+        pytest.skip("the bundled model is prepared by `make test`")
+    params = get_method("selective").parse({"train": "names", "module_names": ["lm_head"]})
+    counts = count_parameters(str(model), "selective", params)
+    config = load_config(str(model))
+    assert config.tie_word_embeddings and counts.trainable == config.vocab_size * config.hidden_size

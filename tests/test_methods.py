@@ -21,6 +21,12 @@ IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 # Small settings that still move every method in 3 steps.
 PARAMS = {
     "lora": {"r": 4},
+    "lora-dora-rslora": {"r": 4, "use_dora": True, "use_rslora": True},
+    "lora-pissa": {"r": 4, "init_lora_weights": "pissa"},
+    "lora-olora": {"r": 4, "init_lora_weights": "olora"},
+    "lora-gaussian": {"r": 4, "init_lora_weights": "gaussian"},
+    "qlora-8bit": {"r": 4, "bits": 8},
+    "qlora-fp4": {"r": 4, "quant_type": "fp4", "double_quant": False},
     "qlora": {"r": 4},
     "adalora": {"init_r": 4, "target_r": 2},
     "loha": {"r": 2},
@@ -37,7 +43,7 @@ PARAMS = {
 
 
 def test_every_method_has_a_case():
-    assert set(PARAMS) | {"ia3", "full"} == set(METHODS)
+    assert {key.split("-")[0] for key in PARAMS} | {"ia3", "full"} == set(METHODS)
 
 
 def last_logits(model) -> torch.Tensor:
@@ -45,14 +51,15 @@ def last_logits(model) -> torch.Tensor:
         return model(IDS).logits[:, -1].float()  # soft prompts add positions before the input
 
 
-@pytest.mark.parametrize("method_id", list(METHODS))
-def test_method_trains_reloads_and_answers(tiny_model, tmp_path, method_id):
+@pytest.mark.parametrize("case", sorted(set(METHODS) | set(PARAMS)))
+def test_method_trains_reloads_and_answers(tiny_model, tmp_path, case):
+    method_id = case.split("-")[0]
     spec = parse_spec(
         {
             "base_model": str(tiny_model),
             "dataset_id": "ds-0123456789ab",
             "method": method_id,
-            "method_params": PARAMS.get(method_id, {}),
+            "method_params": PARAMS.get(case, {}),
             "training": {
                 "max_steps": 3,
                 "batch_size": 4,
@@ -176,3 +183,23 @@ def test_method_trains_for_encoder_tasks(request, tmp_path, method_id, task):
         assert answer["text"].split(" (")[0] in LABELS
     else:
         assert isinstance(answer["text"], str)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_converted_inits_apply_to_the_original_base(tiny_model, tmp_path, init):
+    """PiSSA / OLoRA change the base while training; what is saved must not need that."""
+    from finetune.methods import Context, apply_method
+    from finetune.train import keep_initial_adapter, save_trained
+
+    method = get_method("lora")
+    params = method.parse({"r": 4, "init_lora_weights": init})
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = apply_method(base, method, params, Context(str(tiny_model)))
+    initial = keep_initial_adapter(model, params, tmp_path)
+    with torch.no_grad():  # as training would: the adapter moves
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    save_trained(model, None, method, params, tmp_path / "out", initial)
+    reloaded = load_trained(str(tiny_model), tmp_path / "out")
+    assert torch.allclose(last_logits(reloaded), last_logits(model), atol=1e-4)

@@ -343,10 +343,10 @@ def test_list_methods_is_the_registry():
     lora = listed[0]
     assert {f["name"] for f in lora["fields"]} >= {"r", "lora_alpha", "use_dora", "use_rslora"}
     assert {m["id"] for m in listed if not m["can_merge"]} == {
-        "qlora",
         "prompt_tuning",
         "prefix_tuning",
         "p_tuning",
+        "full",
     }
 
 

@@ -253,13 +253,16 @@ def build_train_tab(settings: Settings) -> TrainForm:
     gr.on(
         triggers=[
             base_model.change,
+            dataset.change,
             method.change,
             *(c.change for fields in method_inputs.values() for c in fields.values()),
+            *(c.change for c in training_inputs.values()),
         ],
         fn=lambda data: on_form_change(settings, form, data),
         inputs=form.inputs(),
         outputs=[counts_md],
         api_visibility="private",
+        trigger_mode="always_last",  # one model change updates several pickers: count once
     )
     start_button.click(
         lambda data: on_start_click(settings, form, data),
