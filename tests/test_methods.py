@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from finetune.generate import GenerationParams, ModelCache, load_trained
+from finetune.merge import merge_into_base
 from finetune.methods import METHODS, get_method
 from finetune.samples import arithmetic
 from finetune.spec import parse_spec
@@ -86,9 +87,15 @@ def test_method_trains_reloads_and_answers(tiny_model, tmp_path, case):
     assert_frozen_weights_unchanged(method_id, trained, reference, out)
 
     method = get_method(method_id)
-    if method.can_merge and method.peft_config is not None:
-        merged = load_trained(str(tiny_model), out).merge_and_unload()
+    if method.can_merge:
+        merged_dir = merge_into_base(str(tiny_model), out, method_id, tmp_path / "merged")
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+        assert not (merged_dir / "adapter_config.json").exists(), "a plain model folder"
         assert torch.allclose(last_logits(merged), logits, atol=1e-4), "merging keeps the output"
+    else:
+        with pytest.raises(ValueError, match="cannot be merged into the base: "):
+            merge_into_base(str(tiny_model), out, method_id, tmp_path / "merged")
+        assert not (tmp_path / "merged").exists()
 
     cache = ModelCache()
     (answer,) = cache.generate(

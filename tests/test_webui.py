@@ -375,3 +375,13 @@ def test_an_encoder_classifies_and_refuses_other_datasets(settings, tiny_bert, t
         actions.start_job(settings, {**spec, "dataset_id": chat["id"]})
     with pytest.raises(ValueError, match="has no chat template"):
         data_actions.preview_dataset(settings, chat["id"], "bert")
+
+
+def test_method_choices_follow_the_model(with_tiny, tiny_bert):
+    from finetune.methods import METHODS
+    from webui.train_tab import method_choices
+
+    shutil.copytree(tiny_bert, with_tiny.models_dir / "bert")
+    update = method_choices(with_tiny, "bert", "ia3")
+    assert [key for _, key in update["choices"]] == list(METHODS) and update["value"] == "ia3"
+    assert method_choices(with_tiny, "no/such-model-here", "lora") == {"__type__": "update"}

@@ -9,9 +9,9 @@ import gradio as gr
 
 from finetune.counts import linear_module_names
 from finetune.methods import ATTENTION_MODULES, METHODS, get_method
-from finetune.models import resolve_model
+from finetune.models import load_config, resolve_model
 from finetune.spec import TRAINING_FIELDS
-from finetune.tasks import TASKS
+from finetune.tasks import TASKS, model_task
 from storage.settings import Settings
 from storage.store import Store
 from webui import actions
@@ -155,6 +155,20 @@ def on_preset_change(settings: Settings, preset: str, base_model: str, chosen: l
     return gr.update(choices=names, value=attention)
 
 
+def method_choices(settings: Settings, base_model: str, current: str):
+    """The methods that train the chosen model's task (the registry says which)."""
+    try:
+        config = load_config(resolve_model(base_model, settings.models_dir))
+    except (ValueError, LookupError):
+        return gr.update()
+    task = model_task(config)
+    ids = [key for key, entry in METHODS.items() if task in entry.tasks]
+    return gr.update(
+        choices=[(METHODS[key].label, key) for key in ids],
+        value=current if current in ids else ids[0],
+    )
+
+
 def method_description(method_id: str) -> str:
     method = get_method(method_id)
     gates = []
@@ -196,7 +210,8 @@ def build_train_tab(settings: Settings) -> TrainForm:
     presets: dict[str, Any] = {}
     for key, entry in METHODS.items():
         with gr.Group(visible=key == "lora") as group:
-            if any(f.name == "target_modules" for f in entry.fields):
+            targets = next((f for f in entry.fields if f.name == "target_modules"), None)
+            if targets and tuple(targets.default) == ATTENTION_MODULES:  # not IA3's own mix
                 presets[key] = gr.Radio(
                     choices=list(TARGET_PRESETS), value=TARGET_PRESETS[0], label="Target preset"
                 )
@@ -244,6 +259,12 @@ def build_train_tab(settings: Settings) -> TrainForm:
             outputs=[picker],
             api_visibility="private",
         )
+    base_model.change(
+        lambda b, m: method_choices(settings, b, m),
+        inputs=[base_model, method],
+        outputs=[method],
+        api_visibility="private",
+    )
     method.change(
         lambda m: on_method_change(form, m),
         inputs=[method],
