@@ -185,8 +185,12 @@ def _classify(model, tokenizer, entry, text: str) -> dict:
 
     name = None if entry is None else entry[0]
     if entry is None:
-        return {"adapter": None, "seconds": 0.0, "tokens_per_s": None,
-                "text": "(the base encoder has no trained classification head)"}  # fmt: skip
+        return {
+            "adapter": None,
+            "seconds": 0.0,
+            "tokens_per_s": None,
+            "text": "(the base encoder has no trained classification head)",
+        }
     start = time.perf_counter()
     with torch.inference_mode():
         logits = model(**tokenizer(text, return_tensors="pt", truncation=True)).logits[0]

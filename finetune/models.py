@@ -150,8 +150,15 @@ def prepare_encoder(models_dir: Path) -> Path | None:
     source = Path(next(iter(spec.submodule_search_locations))) / "model"
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=Path(models_dir)))
     try:
-        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                     "special_tokens_map.json", "vocab.txt", "README.md"):  # fmt: skip
+        for name in (
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.txt",
+            "README.md",
+        ):
             shutil.copyfile(source / name, staging / name)
         staging.rename(target)
     finally:

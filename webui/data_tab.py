@@ -425,8 +425,22 @@ def build_data_tab(settings: Settings) -> DataTab:
 
     schema.input(on_schema, [schema, columns, *slots], slots, **private)
 
-    form = {files, eval_files, hub_id, hub_split, hub_subset, name, schema, on_bad, labels,
-            text_mode, check_length, model, max_length, *slots}  # fmt: skip
+    form = {
+        files,
+        eval_files,
+        hub_id,
+        hub_split,
+        hub_subset,
+        name,
+        schema,
+        on_bad,
+        labels,
+        text_mode,
+        check_length,
+        model,
+        max_length,
+        *slots,
+    }
 
     def on_upload_click(data: dict) -> tuple:
         schema_id = data[schema] or ""
@@ -443,9 +457,14 @@ def build_data_tab(settings: Settings) -> DataTab:
             "hub_subset": data[hub_subset] or "",
         }
         return on_upload(
-            settings, data[files], data[name], options, data[eval_files], data[model],
+            settings,
+            data[files],
+            data[name],
+            options,
+            data[eval_files],
+            data[model],
             data[max_length],
-        )  # fmt: skip
+        )
 
     outputs = [message, bad_rows, examples, histogram, dataset, table]
     upload_button.click(on_upload_click, form, outputs, **private)
