@@ -27,13 +27,14 @@ class _Loaded:
     adapters: set[str]  # adapters switched on the shared base, all of peft_type
     task: str = "CAUSAL_LM"
     peft_type: str | None = None
-    own: dict[str, object] = field(default_factory=dict)  # name -> a model of its own
+    own: OrderedDict[str, object] = field(default_factory=OrderedDict)  # name -> its own model
 
 
 # PEFT can switch between adapters of one of these types on one base; others (soft prompts,
 # a second type, full or selective weights) get a model of their own. AdaLoRA too: PEFT 0.21
 # cannot load a pruned AdaLoRA adapter under a name other than "default".
 SHAREABLE = {"LORA", "LOHA", "LOKR", "IA3"}
+OWN_MODELS = 2  # models of their own kept per base: enough to compare two side by side
 
 
 def load_trained(base_path: str, folder: Path, trust_remote_code: bool = False):
@@ -96,11 +97,16 @@ class ModelCache:
     def _ensure_adapter(
         self, loaded: _Loaded, name: str, folder: Path, model_path: str, trust: bool
     ) -> None:
-        if name in loaded.adapters or name in loaded.own:
+        if name in loaded.own:
+            loaded.own.move_to_end(name)
+            return
+        if name in loaded.adapters:
             return
         peft_type = _peft_type(folder)
         own = peft_type not in SHAREABLE or loaded.peft_type not in (None, peft_type)
         if own or loaded.task != CAUSAL_LM:  # a classifier's head is sized by its labels
+            while len(loaded.own) >= OWN_MODELS:  # each is a whole copy of the base
+                loaded.own.popitem(last=False)
             loaded.own[name] = load_trained(model_path, folder, trust).eval()
             return
         from peft import PeftModel
@@ -124,10 +130,12 @@ class ModelCache:
         """One answer per entry: None is the base model, (name, folder) an adapter."""
         with self._lock:
             loaded = self._get(model_path, trust_remote_code)
-            for entry in adapters:
-                if entry is not None:
+            answers = []
+            for entry in adapters:  # each answered as soon as loaded: an own model may be
+                if entry is not None:  # evicted to make room for the next one
                     self._ensure_adapter(loaded, *entry, model_path, trust_remote_code)
-            return [self._answer(loaded, entry, prompt, params) for entry in adapters]
+                answers.append(self._answer(loaded, entry, prompt, params))
+            return answers
 
     def _answer(self, loaded: _Loaded, entry, prompt: str, params: GenerationParams) -> dict:
         import contextlib

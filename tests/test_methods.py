@@ -210,3 +210,36 @@ def test_converted_inits_apply_to_the_original_base(tiny_model, tmp_path, init):
     save_trained(model, None, method, params, tmp_path / "out", initial)
     reloaded = load_trained(str(tiny_model), tmp_path / "out")
     assert torch.allclose(last_logits(reloaded), last_logits(model), atol=1e-4)
+
+
+def test_models_of_their_own_are_bounded_and_each_answers(tiny_model, tmp_path):
+    """Three full fine-tunes in one call: each answers with its own weights, two stay loaded."""
+    from transformers import AutoTokenizer
+
+    from finetune.generate import OWN_MODELS
+    from finetune.methods import Context, apply_method
+    from finetune.train import save_trained
+
+    method = get_method("full")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    folders = []
+    for i in range(3):
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        model = apply_method(base, method, {}, Context())
+        with torch.no_grad():  # three different "fine-tunes": three different heads
+            head = model.lm_head.weight
+            head.copy_(torch.randn(head.shape, generator=torch.Generator().manual_seed(i)))
+        save_trained(model, tokenizer, method, {}, tmp_path / f"full-{i}")
+        folders.append((f"f{i}", tmp_path / f"full-{i}"))
+    cache = ModelCache()
+    answers = cache.generate(
+        str(tiny_model), folders, "What is 12 + 10?", GenerationParams(max_new_tokens=4)
+    )
+    assert [a["adapter"] for a in answers] == ["f0", "f1", "f2"]
+    for answer, folder in zip(answers, folders, strict=True):
+        (alone,) = ModelCache().generate(
+            str(tiny_model), [folder], "What is 12 + 10?", GenerationParams(max_new_tokens=4)
+        )
+        assert answer["text"] == alone["text"], "each answered with its own weights"
+    assert len({a["text"] for a in answers}) == 3
+    assert len(cache._models[str(tiny_model)].own) == OWN_MODELS
