@@ -39,6 +39,7 @@ lint: dev
 bench: setup model
 	$(PY) bench/throughput.py --models-dir $(MODELS_DIR)
 	$(PY) bench/dataset_load.py --models-dir $(MODELS_DIR)
+	$(PY) bench/methods.py --models-dir $(MODELS_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -124,7 +124,7 @@ def train(
     eval_rows, when the dataset has its own eval split, replace the eval_fraction split.
     """
     from datasets import Dataset
-    from transformers import AutoConfig
+    from transformers import AutoConfig, set_seed
 
     from finetune.methods import Context, apply_method, get_method, trainable_counts
 
@@ -149,6 +149,7 @@ def train(
     steps = t["max_steps"]
     planned = steps or math.ceil(math.ceil(len(train_data) / t["batch_size"]) * t["epochs"])
     context = Context(model_path=model_path, total_steps=planned, task_type=task)
+    set_seed(t["seed"])  # the method's new weights start the same for the same seed
     model = apply_method(model, method, spec.method_params, context)
     trainable, total = trainable_counts(model)
     initial = keep_initial_adapter(model, spec.method_params, work_dir)

@@ -243,3 +243,30 @@ def test_models_of_their_own_are_bounded_and_each_answers(tiny_model, tmp_path):
         assert answer["text"] == alone["text"], "each answered with its own weights"
     assert len({a["text"] for a in answers}) == 3
     assert len(cache._models[str(tiny_model)].own) == OWN_MODELS
+
+
+@pytest.mark.parametrize("method_id", ["p_tuning", "lora"])
+def test_same_seed_same_adapter(tiny_model, tmp_path, method_id):
+    """The method's new weights (a p-tuning encoder too) start from the spec's seed."""
+    spec = parse_spec(
+        {
+            "base_model": str(tiny_model),
+            "dataset_id": "ds-0123456789ab",
+            "method": method_id,
+            "method_params": PARAMS[method_id],
+            "training": {"max_steps": 2, "batch_size": 4, "max_length": 128, "eval_fraction": 0},
+        }
+    )
+    saved = []
+    for run in ("a", "b"):
+        train(
+            spec,
+            arithmetic(16, 0)[0],
+            str(tiny_model),
+            tmp_path / run,
+            tmp_path / f"o{run}",
+            Recorder(),
+        )
+        saved.append(load_file(tmp_path / f"o{run}" / "adapter_model.safetensors"))
+    assert saved[0].keys() == saved[1].keys()
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])
