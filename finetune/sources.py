@@ -180,39 +180,26 @@ def decode(data: bytes, name: str) -> tuple[str, list[str]]:
     ]
 
 
-def _check_line(line: str, number: int, name: str, limits: Limits) -> None:
-    # Characters, not bytes: a cheap bound that needs no encoding (a char is 1-4 bytes).
-    if len(line) > limits.max_row_bytes:
-        raise limits.row_too_long(len(line.encode("utf-8")), f"{name} line {number}")
-
-
 def _read_jsonl_bytes(data: bytes, name: str, limits: Limits) -> Records:
     if b"\x00" in data[:65536]:
         raise DataError(f"{name} looks like a binary file, not text (it holds NUL bytes).")
-    records = []
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        if len(line) > limits.max_row_bytes:
-            raise limits.row_too_long(len(line), f"{name} line {number}")
-        try:
-            records.append(json.loads(line))  # bytes: decoded as UTF-8, strictly
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{name} line {number} is not valid JSON: {_msg(exc)}.") from None
-        except RecursionError:
-            raise _too_deep(f"{name} line {number}") from None
-        if len(records) > limits.max_rows:
-            raise DataError(f"{name} has more than {limits.max_rows:,} rows (the limit).")
-    return Records(name, records)
+    # bytes go to json.loads as they are: decoded as UTF-8, strictly, with no big str made
+    return Records(name, _jsonl_lines(data.split(b"\n"), name, limits))
 
 
 def _read_jsonl(text: str, name: str, limits: Limits) -> list[Any]:
-    records = []
     # "\n" only: str.splitlines would also break inside a row at U+2028, U+0085 and others.
-    for number, line in enumerate(text.split("\n"), start=1):
+    return _jsonl_lines(text.split("\n"), name, limits)
+
+
+def _jsonl_lines(lines: list[bytes] | list[str], name: str, limits: Limits) -> list[Any]:
+    records = []
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        _check_line(line, number, name, limits)
+        if len(line) > limits.max_row_bytes:  # bytes, or characters (each one byte or more)
+            size = len(line) if isinstance(line, bytes) else len(line.encode("utf-8"))
+            raise limits.row_too_long(size, f"{name} line {number}")
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
