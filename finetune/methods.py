@@ -42,19 +42,17 @@ class Method:
     peft_config: Callable[[dict[str, Any], Context], Any] | None = None
     select: Callable[[Any, dict[str, Any]], list[str]] | None = None  # unfreezes base weights
     quantization: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # bitsandbytes kwargs
+    check: Callable[[dict[str, Any]], None] | None = None  # rules across fields
+    writes: str = "adapter"  # "adapter" (PEFT's folder), "tensors" (by name) or "model"
+    rank_budget: bool = False  # AdaLoRA: ranks move during training (callback + penalty)
     can_merge: bool = True
     can_combine: bool = True
     tasks: tuple[str, ...] = field(default=ALL_TASKS)
 
     def parse(self, params: Any) -> dict[str, Any]:
         values = parse_fields(self.fields, params, "method_params")
-        if self.id == "ia3":
-            extra = sorted(set(values["feedforward_modules"]) - set(values["target_modules"]))
-            if extra:
-                raise SpecError(
-                    f"method_params.feedforward_modules: {', '.join(extra)} must also be in "
-                    "target_modules"
-                )
+        if self.check is not None:
+            self.check(values)
         return values
 
     def describe(self) -> dict[str, Any]:
@@ -173,6 +171,14 @@ def _adalora(params: dict[str, Any], ctx: Context):
         deltaT=params["deltaT"],
         task_type=ctx.task_type,
     )
+
+
+def _feedforward_within_targets(values: dict[str, Any]) -> None:
+    extra = sorted(set(values["feedforward_modules"]) - set(values["target_modules"]))
+    if extra:
+        raise SpecError(
+            f"method_params.feedforward_modules: {', '.join(extra)} must also be in target_modules"
+        )
 
 
 def _direct(config_name: str) -> Callable[[dict[str, Any], Context], Any]:
@@ -348,6 +354,7 @@ METHODS: dict[str, Method] = {
                 Field("deltaT", "Reallocate every", int, 1, "Steps between budget moves.", 1, 1000),
             ),
             peft_config=_adalora,
+            rank_budget=True,
             can_combine=False,  # PEFT cannot add_weighted_adapter AdaLoRA adapters
         ),
         Method(
@@ -382,6 +389,7 @@ METHODS: dict[str, Method] = {
                 ),
             ),
             peft_config=_direct("IA3Config"),
+            check=_feedforward_within_targets,
         ),
         Method(
             "prompt_tuning",
@@ -476,6 +484,7 @@ METHODS: dict[str, Method] = {
                 ),
             ),
             select=_select,
+            writes="tensors",
             can_combine=False,
         ),
         Method(
@@ -486,6 +495,7 @@ METHODS: dict[str, Method] = {
             "and a full-size copy of the model.",
             (),
             select=_full,
+            writes="model",
             can_merge=False,  # nothing to merge: the result is a whole model
             can_combine=False,
         ),
@@ -519,7 +529,7 @@ def fit_to_model(model, method: Method, params: dict[str, Any]) -> dict[str, Any
     names = set(linear_names(model))
     if set(params["target_modules"]) <= names:
         return params
-    if method.id == "ia3":
+    if "feedforward_modules" in params:  # IA3's targets mix attention and feed-forward
         return {**params, "target_modules": None, "feedforward_modules": None}
     for candidate in _ATTENTION_SETS:
         if set(candidate) <= names:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from finetune.data import MAX_LABELS, DataError
-from finetune.methods import CONVERTED_INITS
+from finetune.methods import CONVERTED_INITS, get_method
 from finetune.spec import JobSpec
 from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, auto_class, label_kwargs, model_task
 
@@ -126,7 +126,7 @@ def train(
     from datasets import Dataset
     from transformers import AutoConfig, set_seed
 
-    from finetune.methods import Context, apply_method, get_method, trainable_counts
+    from finetune.methods import Context, apply_method, trainable_counts
 
     t = spec.training
     method = get_method(spec.method)
@@ -174,13 +174,11 @@ def train(
         **device_settings(),
     )
     progress = _Progress(reporter, trainable, total)
-    callbacks = [progress.callback(), *_method_callbacks(spec.method)]
+    callbacks = [progress.callback(), *_method_callbacks(method)]
     if task == CAUSAL_LM:
         from trl import SFTConfig, SFTTrainer
 
-        trainer_class = (
-            _with_orthogonal_penalty(SFTTrainer) if method.id == "adalora" else SFTTrainer
-        )
+        trainer_class = _with_orthogonal_penalty(SFTTrainer) if method.rank_budget else SFTTrainer
         trainer = trainer_class(
             model=model,
             args=SFTConfig(**arguments, max_length=t["max_length"]),
@@ -281,11 +279,11 @@ def save_trained(
     fine-tuning a model folder (from_pretrained loads it); for selective, the trained tensors
     under their names in the base model (load_state_dict(..., strict=False) applies them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if method.id == "full":
+    if method.writes == "model":
         model.save_pretrained(out_dir, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
-    elif method.select is not None:
+    elif method.writes == "tensors":
         from safetensors.torch import save_file
 
         tensors = {
@@ -345,9 +343,9 @@ def _orthogonal_penalty(model):
     return weight * torch.stack(terms).mean() if terms else 0.0
 
 
-def _method_callbacks(method_id: str) -> list:
+def _method_callbacks(method) -> list:
     """AdaLoRA moves its rank budget after each optimizer step, before gradients are cleared."""
-    if method_id != "adalora":
+    if not method.rank_budget:
         return []
     from transformers import TrainerCallback
 
@@ -425,6 +423,7 @@ def write_model_card(
     system_prompt: str,
 ) -> None:
     """README.md (a Hub-style model card) and recipe.json (the spec that made it)."""
+    writes = get_method(spec.method).writes
     metrics = "\n".join(f"- {k}: {v:.4g}" for k, v in final.items()) or "- (none recorded)"
     params = "\n".join(f"- {k}: {v}" for k, v in spec.method_params.items())
     training = "\n".join(f"- {k}: {v}" for k, v in spec.training.items() if v is not None)
@@ -437,7 +436,7 @@ def write_model_card(
     (out_dir / "README.md").write_text(
         f"""---
 base_model: {base_label}
-library_name: {"transformers" if spec.method in ("full", "selective") else "peft"}
+library_name: {"peft" if writes == "adapter" else "transformers"}
 tags: [adapterlab, {spec.method}]
 ---
 # {spec.name or "AdapterLab adapter"}
@@ -462,7 +461,7 @@ answers AdapterLab's playground gives.{system_note}
 ```python
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-{_loader(spec.method, base_path, result.dtype)}
+{_loader(writes, base_path, result.dtype)}
 messages = [{system}{{"role": "user", "content": "..."}}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
                                        return_tensors="pt")
@@ -474,9 +473,9 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))
     (out_dir / "recipe.json").write_text(spec.to_json() + "\n", encoding="utf-8")
 
 
-def _loader(method_id: str, base_path: str, dtype: str) -> str:
-    """The lines of the model card's example that load what this method wrote."""
-    if method_id == "full":
+def _loader(writes: str, base_path: str, dtype: str) -> str:
+    """The lines of the model card's example that load what the method wrote."""
+    if writes == "model":
         return (
             'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")\n'
             "model = AutoModelForCausalLM.from_pretrained(\n"
@@ -486,7 +485,7 @@ def _loader(method_id: str, base_path: str, dtype: str) -> str:
         f'tokenizer = AutoTokenizer.from_pretrained("{base_path}")\n'
         f'model = AutoModelForCausalLM.from_pretrained("{base_path}", dtype=torch.{dtype})\n'
     )
-    if method_id == "selective":
+    if writes == "tensors":
         return (
             "from safetensors.torch import load_file\n" + base + "model.load_state_dict("
             f'load_file("path/to/this/folder/{SELECTED_WEIGHTS}"), strict=False)'
