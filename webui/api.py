@@ -62,7 +62,7 @@ def register_api(settings: Settings) -> None:
         return data_actions.preview_dataset(settings, dataset_id, base_model, max_length)
 
     def delete_dataset(dataset_id: str) -> dict:
-        """Delete a dataset that no job uses -> {deleted}."""
+        """Delete a dataset unless a queued, running or interrupted job needs it -> {deleted}."""
         return data_actions.delete_dataset(settings, dataset_id)
 
     def list_adapters() -> list:
