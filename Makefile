@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --quiet --disable-pip-version-check
 MODELS_DIR ?= $(or $(ADAPTERLAB_MODELS_DIR),models)
 CHROMIUM ?= /usr/bin/chromium
+REDIS_SERVER ?= /usr/bin/redis-server
 
 .PHONY: run test setup dev model lint bench clean
 
@@ -24,6 +25,8 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 dev: setup $(VENV)/.dev-installed
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@test -x $(REDIS_SERVER) || { echo "installing Debian's redis-server for the shared-queue tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
 $(VENV)/.dev-installed: requirements-dev.txt
 	$(PIP) install -r requirements-dev.txt
@@ -40,6 +43,7 @@ bench: setup model
 	$(PY) bench/throughput.py --models-dir $(MODELS_DIR)
 	$(PY) bench/dataset_load.py --models-dir $(MODELS_DIR)
 	$(PY) bench/methods.py --models-dir $(MODELS_DIR)
+	$(PY) bench/job_queue.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from finetune.methods import METHODS, get_method  # noqa: E402
+from finetune.train import Reporter  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 SEED = 0
@@ -72,21 +73,15 @@ _INTEGER = re.compile(r"-?\d+")
 # ---- child side: one method (or the base) in this process ----
 
 
-class _Recorder:
+class _Recorder(Reporter):
     """A Reporter that keeps the wall time of every logged step."""
 
     def __init__(self) -> None:
         self.steps: list[tuple[int, float, dict]] = []
 
-    def started(self, total_steps: int, trainable_params: int, total_params: int) -> None:
-        pass
-
     def logged(self, step: int, values: dict[str, float]) -> None:
         if "loss" in values:
             self.steps.append((step, time.perf_counter(), values))
-
-    def should_stop(self) -> bool:
-        return False
 
 
 def _peak_rss_mb() -> float:
@@ -154,6 +149,8 @@ def child(method_id: str, args: argparse.Namespace) -> dict:
                 "learning_rate": args.learning_rate,
                 "eval_fraction": 0.0,  # accuracy is measured after; no periodic eval loss
                 "seed": SEED,
+                "sample_prompts": 0,  # timed steps only: no sample answers in between
+                "save_steps": 1_000_000,
             },
         }
     )

@@ -64,6 +64,7 @@ def run_app(settings: Settings, dataset_id: str, steps: int, batch: int, max_len
             "max_length": max_length,
             "eval_fraction": 0.0,
             "learning_rate": 2e-4,
+            "sample_prompts": 0,  # plain TRL generates no sample answers either
         },
     }
     clicked = time.time()

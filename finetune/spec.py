@@ -75,8 +75,62 @@ TRAINING_FIELDS: tuple[Field, ...] = (
         1,
         10000,
     ),
+    Field(
+        "save_steps",
+        "Checkpoint every N steps",
+        int,
+        50,
+        "A checkpoint (weights, optimizer, scheduler, random state) to resume from.",
+        1,
+        1_000_000,
+    ),
+    Field(
+        "keep_checkpoints",
+        "Checkpoints kept",
+        int,
+        2,
+        "The newest N checkpoints stay on disk; older ones are deleted.",
+        1,
+        100,
+    ),
+    Field(
+        "sample_prompts",
+        "Sample prompts",
+        int,
+        3,
+        "Fixed eval prompts answered during training, beside the base model's answers (0: none).",
+        0,
+        8,
+    ),
+    Field(
+        "sample_every",
+        "Sample every N steps",
+        int,
+        None,
+        "How often the sample prompts are answered; not set: four times a run.",
+        1,
+        1_000_000,
+        optional=True,
+    ),
+    Field(
+        "gpus",
+        "GPUs",
+        int,
+        1,
+        "More than one trains data-parallel (accelerate launch) on a worker that has them.",
+        1,
+        64,
+    ),
 )
-_SPEC_KEYS = ("base_model", "dataset_id", "method", "method_params", "training", "name")
+_SPEC_KEYS = (
+    "base_model",
+    "dataset_id",
+    "method",
+    "method_params",
+    "training",
+    "name",
+    "from_adapter",
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +141,7 @@ class JobSpec:
     method_params: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
+    from_adapter: str | None = None  # an adapter id: train it further instead of a new one
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -123,4 +178,13 @@ def parse_spec(data: Any) -> JobSpec:
         method_params=method.parse(data.get("method_params")),
         training=training,
         name=(name or "").strip() or None,
+        from_adapter=_adapter_id(data.get("from_adapter")),
     )
+
+
+def _adapter_id(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith("ad-"):
+        raise SpecError(f"from_adapter: must be an adapter id (ad-...), got {value!r}")
+    return value

@@ -7,22 +7,34 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from finetune.data import MAX_LABELS, DataError
 from finetune.methods import CONVERTED_INITS, get_method
 from finetune.spec import JobSpec
 from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, auto_class, label_kwargs, model_task
+from finetune.watch import every_steps, sample_rows
 
 EVAL_ROWS_CAP = 64  # periodic eval loss on at most this many held-out rows (keeps CPU runs short)
 
 
-class Reporter(Protocol):
-    """How a run talks back to whoever started it (the job runner implements this)."""
+class Reporter:
+    """How a run talks back to whoever started it (the job runner's subclass stores it all);
+    this one listens to nothing and never stops a run."""
 
-    def started(self, total_steps: int, trainable_params: int, total_params: int) -> None: ...
-    def logged(self, step: int, values: dict[str, float]) -> None: ...
-    def should_stop(self) -> bool: ...
+    def started(self, total_steps: int, trainable_params: int, total_params: int) -> None:
+        pass
+
+    def logged(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def saved(self, step: int, checkpoint: Path) -> None:
+        """A complete checkpoint (weights, optimizer, scheduler, RNG) to resume from."""
+
+    def sampled(self, step: int, prompts: list[str], texts: list[str]) -> None:
+        """Answers to the fixed sample prompts; step 0 is the model before training."""
+
+    def should_stop(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -118,10 +130,18 @@ def train(
     reporter: Reporter,
     trust_remote_code: bool = False,
     eval_rows: list[dict] | None = None,
+    resume_from: Path | None = None,
+    start_from: Path | None = None,
+    report_to: tuple[str, ...] = (),
+    log_dir: Path | None = None,
 ) -> TrainResult:
     """Train spec.method on rows; write the adapter to out_dir (created, must not exist).
 
     eval_rows, when the dataset has its own eval split, replace the eval_fraction split.
+    Checkpoints go to work_dir every training.save_steps; resume_from (one of them) continues a
+    run to the same final step. start_from (an adapter folder of spec.method) trains that adapter
+    further instead of a new one. report_to: loggers (tensorboard, wandb, mlflow); TensorBoard
+    events go to log_dir (default work_dir/tensorboard).
     """
     from datasets import Dataset
     from transformers import AutoConfig, set_seed
@@ -139,6 +159,8 @@ def train(
     task = model_task(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
     labels = class_labels(train_rows + eval_rows) if task == SEQ_CLS else None
     quantization = method.quantization(spec.method_params) if method.quantization else None
+    if start_from is not None and method.writes == "model":  # a full model trains on as a whole
+        model_path = str(start_from)
     model, tokenizer = load_model(model_path, trust_remote_code, quantization, labels)
     if task == CAUSAL_LM:
         examples = lambda part: to_examples(part, tokenizer, t["max_length"])  # noqa: E731
@@ -150,9 +172,17 @@ def train(
     planned = steps or math.ceil(math.ceil(len(train_data) / t["batch_size"]) * t["epochs"])
     context = Context(model_path=model_path, total_steps=planned, task_type=task)
     set_seed(t["seed"])  # the method's new weights start the same for the same seed
-    model = apply_method(model, method, spec.method_params, context)
+    if start_from is not None and method.writes == "adapter":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(start_from), is_trainable=True)
+        initial = None  # it was saved converted already
+    else:
+        model = apply_method(model, method, spec.method_params, context)
+        if start_from is not None and method.writes == "tensors":
+            _load_selected(model, start_from)
+        initial = keep_initial_adapter(model, spec.method_params, work_dir)
     trainable, total = trainable_counts(model)
-    initial = keep_initial_adapter(model, spec.method_params, work_dir)
     arguments = dict(
         output_dir=str(work_dir),
         max_steps=steps if steps is not None else -1,
@@ -164,8 +194,11 @@ def train(
         logging_steps=t["logging_steps"],
         eval_strategy="steps" if eval_data is not None else "no",
         eval_steps=max(1, planned // 4),
-        save_strategy="no",
-        report_to=[],
+        save_strategy="steps",
+        save_steps=t["save_steps"],
+        save_total_limit=t["keep_checkpoints"],
+        save_only_model=False,  # optimizer, scheduler and RNG too: a resumed run goes on exactly
+        report_to=[r for r in report_to if r != "tensorboard"],
         disable_tqdm=True,
         # TRL's default is on; ours is off (about 20% faster) unless memory asks for it.
         activation_checkpointing=t["activation_checkpointing"],
@@ -174,7 +207,22 @@ def train(
         **device_settings(),
     )
     progress = _Progress(reporter, trainable, total)
-    callbacks = [progress.callback(), *_method_callbacks(method)]
+    watched = sample_rows(eval_rows, train_rows, t["sample_prompts"])
+    if quantization and device_settings()["use_cpu"]:
+        # bitsandbytes repacks 4-bit weights for CPU inference on the first eval-mode forward,
+        # for good: the training steps after it then fail. No sample answers there.
+        watched = []
+    every = every_steps(t["sample_every"], planned)
+    callbacks = [
+        progress.callback(),
+        *_method_callbacks(method),
+        *([_SampleAnswers(reporter, model, tokenizer, task, watched, every)] if watched else []),
+        *(
+            [_tensorboard(log_dir or work_dir / "tensorboard")]
+            if "tensorboard" in report_to
+            else []
+        ),
+    ]
     if task == CAUSAL_LM:
         from trl import SFTConfig, SFTTrainer
 
@@ -204,13 +252,14 @@ def train(
             f"No training row has an answer left within max length {t['max_length']} tokens "
             "(the prompt fills it), so there is nothing to learn: raise training.max_length."
         )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
-    out_dir.mkdir(parents=True)
-    save_trained(trainer.model, tokenizer, method, spec.method_params, out_dir, initial)
-    if labels:
-        (out_dir / LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
     state = trainer.state
+    if not progress.stopped and state.is_world_process_zero:  # stopped: the checkpoint keeps it
+        out_dir.mkdir(parents=True)
+        save_trained(trainer.model, tokenizer, method, spec.method_params, out_dir, initial)
+        if labels:
+            (out_dir / LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
     return TrainResult(
         step=state.global_step,
         total_steps=state.max_steps,
@@ -343,6 +392,17 @@ def _orthogonal_penalty(model):
     return weight * torch.stack(terms).mean() if terms else 0.0
 
 
+def _load_selected(model, folder: Path) -> None:
+    """A selective run's trained tensors, put back to train further."""
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / SELECTED_WEIGHTS)
+    missing = set(weights) - set(dict(model.named_parameters()))
+    if missing:
+        raise DataError(f"The adapter's weights {sorted(missing)[:3]} are not in this model.")
+    model.load_state_dict(weights, strict=False)
+
+
 def _method_callbacks(method) -> list:
     """AdaLoRA moves its rank budget after each optimizer step, before gradients are cleared."""
     if not method.rank_budget:
@@ -375,9 +435,17 @@ class _Progress:
                 progress.reporter.started(state.max_steps, progress.trainable, progress.total)
 
             def on_step_end(self, args, state, control, **kwargs):
-                if progress.reporter.should_stop():
+                if _agreed(progress.reporter.should_stop()):
                     progress.stopped = True
                     control.should_training_stop = True
+                    control.should_save = True  # a stopped run can be resumed from here
+                elif state.global_step >= state.max_steps and state.global_step % args.save_steps:
+                    control.should_save = False  # the finished run is saved as the adapter
+
+            def on_save(self, args, state, control, **kwargs):
+                if state.is_world_process_zero:
+                    folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                    progress.reporter.saved(state.global_step, folder)
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 logs = logs or {}
@@ -401,6 +469,63 @@ class _Progress:
             values["tokens_per_s"] = (tokens - last_tokens) / (now - last_time)
             self._last = (now, tokens)
         return values
+
+
+def _agreed(stop: bool) -> bool:
+    """In a data-parallel run every process stops at the same step, or the others wait forever
+    for the one that stopped: any process's stop is everyone's."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return stop
+    import torch
+
+    flag = torch.tensor([1.0 if stop else 0.0])
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+class _SampleAnswers:
+    """A TrainerCallback (made in __new__, so transformers is imported only when training):
+    the base model's answers at the start, the run's every `every` steps and at the end."""
+
+    def __new__(cls, reporter: Reporter, model, tokenizer, task: str, rows: list, every: int):
+        from transformers import TrainerCallback
+
+        from finetune.watch import answer, prompt_text
+
+        prompts = [prompt_text(r) for r in rows]
+
+        def sample(step: int, base: bool = False) -> None:
+            texts = answer(model, tokenizer, task, rows, base=base)
+            reporter.sampled(step, prompts, texts)
+
+        class SampleAnswers(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                if state.is_world_process_zero and rows and state.global_step == 0:
+                    sample(0, base=True)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                step = state.global_step
+                stopped_early = control.should_training_stop and step < state.max_steps
+                due = step % every == 0 or step >= state.max_steps
+                if state.is_world_process_zero and rows and due and not stopped_early:
+                    sample(step)
+
+        return SampleAnswers()
+
+
+def _tensorboard(log_dir: Path):
+    """TensorBoard event files (loss, eval loss, learning rate) in the job's folder."""
+    from transformers.integrations import TensorBoardCallback
+
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from tensorboardX import SummaryWriter
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
 
 
 def _memory_mb() -> float:

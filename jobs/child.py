@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -15,15 +16,16 @@ from finetune.fields import SpecError
 from finetune.models import ModelError, resolve_model
 from finetune.quiet import quiet_library_logs
 from finetune.spec import JobSpec, parse_spec
-from finetune.train import TrainResult, final_metrics, train, write_model_card
+from finetune.train import Reporter, TrainResult, final_metrics, train, write_model_card
 from storage.settings import Settings, from_env
 from storage.store import JobState, Store
 
 _PR_SET_PDEATHSIG = 1
 
 
-class StoreReporter:
-    """The training run's voice: metrics rows, progress, and the stop checks between steps."""
+class StoreReporter(Reporter):
+    """The training run's voice: metrics rows, progress, checkpoints, sample answers, and the
+    stop checks between steps."""
 
     def __init__(self, store: Store, job_id: str):
         self.store, self.job_id = store, job_id
@@ -45,9 +47,36 @@ class StoreReporter:
         self.store.add_metric(self.job_id, step=step, **values)
         self.store.update_job(self.job_id, step=step)
 
+    def saved(self, step: int, checkpoint: Path) -> None:
+        relative = checkpoint.resolve().relative_to(self.store.job_dir(self.job_id).resolve())
+        self.store.update_job(self.job_id, checkpoint=str(relative))
+
+    def sampled(self, step: int, prompts: list[str], texts: list[str]) -> None:
+        self.store.add_samples(self.job_id, step, prompts, texts)
+
     def should_stop(self) -> bool:
         cancelled = self.store.heartbeat(self.job_id)
         return cancelled or self.shutdown
+
+
+class PeerReporter(StoreReporter):
+    """Another process of a data-parallel run: it stops with the others and reports nothing
+    (the first process speaks for the run)."""
+
+    def started(self, total_steps: int, trainable_params: int, total_params: int) -> None:
+        self.training = True
+
+    def logged(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def saved(self, step: int, checkpoint: Path) -> None:
+        pass
+
+    def sampled(self, step: int, prompts: list[str], texts: list[str]) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return self.store.get_job(self.job_id).cancel_requested or self.shutdown
 
 
 def stop_with_parent() -> None:
@@ -66,8 +95,10 @@ def handle_sigterm(store: Store, job_id: str, reporter: StoreReporter) -> None:
         reporter.shutdown = True
         if reporter.training:
             return
+        if isinstance(reporter, PeerReporter):  # the first process settles the job
+            os._exit(1)
         if stopped_state(store, job_id) == JobState.CANCELLED:
-            store.finish_job(job_id, JobState.CANCELLED, "Cancelled before training began.")
+            store.finish_job(job_id, JobState.CANCELLED, _CANCELLED_BEFORE)
         else:
             store.finish_job(job_id, JobState.INTERRUPTED, _SHUTDOWN_BEFORE)
         os._exit(1)
@@ -76,11 +107,21 @@ def handle_sigterm(store: Store, job_id: str, reporter: StoreReporter) -> None:
 
 
 _SHUTDOWN_BEFORE = "The worker or the app stopped before training began; nothing was lost."
+_CANCELLED_BEFORE = (
+    "Cancelled before training began, while the model or the data was still loading "
+    "(a download in progress stops with it); retry it to start again."
+)
 
 
 def stopped_state(store: Store, job_id: str) -> JobState:
     """A run stopped from outside was cancelled if a user asked, else interrupted by a shutdown."""
     return JobState.CANCELLED if store.get_job(job_id).cancel_requested else JobState.INTERRUPTED
+
+
+OOM_ADVICE = (
+    "Try QLoRA, a smaller batch size or max length, or activation checkpointing, then resume "
+    "it from its last checkpoint or retry it."
+)
 
 
 def plain_reason(exc: BaseException) -> str:
@@ -89,14 +130,19 @@ def plain_reason(exc: BaseException) -> str:
     if isinstance(exc, ModelError | SpecError | DataError):
         return text
     if "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        where = "GPU" if "cuda" in text.lower() else "machine"
+        return f"The run ran out of memory on the {where}. {OOM_ADVICE}"
+    if isinstance(exc, IndexError) and "index out of range" in text:
         return (
-            "The run ran out of memory. Try a smaller batch size or max length "
-            "(or QLoRA / gradient checkpointing on a GPU)."
+            "The dataset's tokens do not fit the model: the tokenizer gives ids the model has no "
+            "embedding for. Pick the tokenizer that belongs to this base model."
         )
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return "The disk is full: free some space in the data dir, then resume or retry the job."
     if isinstance(exc, FileNotFoundError):
         return f"A file the job needs is missing: {exc.filename or text}."
-    if isinstance(exc, OSError) and exc.errno == 28:
-        return "The disk is full: free some space in the data dir and retry."
+    if type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+        return f"The model could not be downloaded (offline or unreachable Hub): {text}"
     return f"Training failed: {type(exc).__name__}: {text}"
 
 
@@ -108,12 +154,17 @@ def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
     job = store.get_job(job_id)
     spec: JobSpec = parse_spec(job.spec)
     job_dir = store.job_dir(job_id)
+    first = not isinstance(reporter, PeerReporter)
     scratch = None
     try:
         dataset = store.get_dataset(spec.dataset_id)
         rows = read_rows(store.dataset_dir(dataset.id) / "rows.jsonl")
         eval_rows = read_rows(store.dataset_dir(dataset.id) / "eval.jsonl")
         model = resolve_model(spec.base_model, settings.models_dir)
+        resume_from = resume_point(store, job)
+        if resume_from is not None and first:
+            store.forget_after(job_id, _step_of(resume_from))  # the curve goes on from there
+        start_from = store.adapter_dir(spec.from_adapter) if spec.from_adapter else None
         scratch = store.tmp_dir()
         staged = scratch / "adapter"
         result: TrainResult = train(
@@ -125,9 +176,15 @@ def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
             reporter,
             settings.allow_remote_code,
             eval_rows=eval_rows,
+            resume_from=resume_from,
+            start_from=start_from,
+            report_to=settings.loggers() if first else (),
+            log_dir=job_dir / "tensorboard",
         )
+        if not first:
+            return JobState.SUCCEEDED  # the first process settles the job
         if result.stopped:
-            return _keep_checkpoint(store, job_id, staged, result, reporter.shutdown)
+            return _keep_checkpoint(store, job_id, result, reporter.shutdown)
         write_model_card(
             staged,
             spec,
@@ -148,25 +205,38 @@ def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
             size_bytes=_size(staged),
         )
         store.finish_job(job_id, JobState.SUCCEEDED, adapter_id=adapter.id)
+        shutil.rmtree(job_dir / "trainer", ignore_errors=True)  # the adapter is what was made
         return JobState.SUCCEEDED
     except Exception as exc:
         traceback.print_exc()
-        store.finish_job(job_id, JobState.FAILED, plain_reason(exc), traceback.format_exc()[-4000:])
+        if first:  # checkpoints stay: a run that failed for a passing reason can be resumed
+            detail = traceback.format_exc()[-4000:]
+            store.finish_job(job_id, JobState.FAILED, plain_reason(exc), detail)
         return JobState.FAILED
     finally:
-        shutil.rmtree(job_dir / "trainer", ignore_errors=True)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _keep_checkpoint(
-    store: Store, job_id: str, staged: Path, result: TrainResult, shutdown: bool
-) -> JobState:
-    """A run stopped early keeps what it learned in the job folder."""
-    checkpoint = store.job_dir(job_id) / f"checkpoint-{result.step}"
-    staged.rename(checkpoint)
-    store.update_job(job_id, checkpoint=checkpoint.name)
-    kept = f"the weights after step {result.step} are kept in {checkpoint.name}."
+def resume_point(store: Store, job) -> Path | None:
+    """The checkpoint a resumed job starts from: ours, inside its folder, and complete."""
+    if not job.resume_from:
+        return None
+    job_dir = store.job_dir(job.id).resolve()
+    folder = (job_dir / job.resume_from).resolve()
+    if not folder.is_relative_to(job_dir) or not (folder / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"checkpoint {job.resume_from} of job {job.id}")
+    return folder
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def _keep_checkpoint(store: Store, job_id: str, result: TrainResult, shutdown: bool) -> JobState:
+    """A run stopped early keeps what it learned in its last checkpoint, to resume from."""
+    checkpoint = store.get_job(job_id).checkpoint
+    kept = f"the run can be resumed from step {result.step} ({checkpoint})."
     if shutdown and stopped_state(store, job_id) == JobState.INTERRUPTED:
         store.finish_job(job_id, JobState.INTERRUPTED, f"The worker or the app stopped; {kept}")
         return JobState.INTERRUPTED
@@ -183,7 +253,9 @@ def main() -> None:
     job_id = sys.argv[1]
     settings = from_env()
     store = Store(settings.data_dir)
-    reporter = StoreReporter(store, job_id)
+    # Under accelerate launch each process has a rank; the first one speaks for the run.
+    first = int(os.environ.get("RANK", "0")) == 0
+    reporter = StoreReporter(store, job_id) if first else PeerReporter(store, job_id)
     handle_sigterm(store, job_id, reporter)  # before the slow imports in run()
     # Ctrl-C in a terminal running the worker reaches this process too; the orderly way out is
     # the worker stopping, which brings SIGTERM (below): stop after the step, keep the weights.
@@ -192,7 +264,15 @@ def main() -> None:
     if os.getppid() == 1:  # the worker died before the line above took effect
         os.kill(os.getpid(), signal.SIGTERM)
     state = run(settings, job_id, reporter)
-    sys.exit(0 if state in (JobState.SUCCEEDED, JobState.CANCELLED) else 1)
+    code = 0 if state in (JobState.SUCCEEDED, JobState.CANCELLED) else 1
+    if not set(settings.loggers()) & {"wandb", "mlflow"}:
+        # The job is settled and its files are written; tearing down torch and friends at exit
+        # takes 1-2 s the next job would wait for. (W&B and MLflow upload in exit hooks.)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""The huey instance (SQLite, in the data dir) and the one task it carries: run a job by id."""
+"""The huey instance (SQLite in the data dir, or Redis) and its one task: run the next job.
+
+The order of the queue lives in app.db (priority, then age), so a waiting job can be moved or
+cancelled at any time: a huey task carries no job id, only "a job is waiting", and the worker
+that takes it claims the first job in that order that it has the devices for.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from huey import SqliteHuey
+from huey import Huey, RedisHuey, SqliteHuey
 from huey.api import TaskWrapper
 
 from storage.settings import Settings
@@ -14,51 +18,76 @@ from storage.store import Job, JobState, Store
 
 @dataclass(frozen=True)
 class Queue:
-    huey: SqliteHuey
-    run_job: TaskWrapper  # calling it enqueues; the worker runs jobs.runner.run_job
+    huey: Huey
+    next_job: TaskWrapper  # calling it enqueues; the worker runs jobs.runner.run_next
 
 
-_queues: dict[Path, Queue] = {}
+_queues: dict[tuple, Queue] = {}
+
+
+def make_huey(settings: Settings) -> Huey:
+    """A Redis queue is shared by every worker that names it: one Redis db per deployment (one
+    data dir), or a worker of another deployment takes wake-ups meant for this one."""
+    if settings.queue_url:
+        if not settings.queue_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"ADAPTERLAB_QUEUE_URL / --queue-url {settings.queue_url!r}: give "
+                "redis://host:port/db (or leave it empty for the SQLite queue in the data dir)"
+            )
+        return RedisHuey(name="adapterlab", url=settings.queue_url, results=False)
+    settings.queue_path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey(name="adapterlab", filename=str(settings.queue_path), results=False)
 
 
 def get_queue(settings: Settings) -> Queue:
-    """One huey per queue file, with the task registered; the same in the app and the worker."""
-    path = settings.queue_path
-    if path not in _queues:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        huey = SqliteHuey(name="adapterlab", filename=str(path), results=False)
+    """One huey per queue, with the task registered; the same in the app and the worker."""
+    key = (settings.queue_url, settings.queue_path, settings.gpus)
+    if key not in _queues:
+        huey = make_huey(settings)
 
-        @huey.task(name="run_job")
-        def run_job(job_id: str) -> None:
-            from jobs.runner import run_job
+        @huey.task(name="next_job")
+        def next_job() -> None:
+            from jobs.runner import run_next
 
-            run_job(settings, job_id)
+            if run_next(settings) == "waiting":  # for a worker with more GPUs than this one
+                next_job.schedule(delay=WAITING_RETRY_S)
 
-        _queues[path] = Queue(huey=huey, run_job=run_job)
-    return _queues[path]
+        _queues[key] = Queue(huey=huey, next_job=next_job)
+    return _queues[key]
 
 
-def submit_job(settings: Settings, name: str, spec: dict, dataset_id: str | None) -> Job:
-    """Record the job as queued, then enqueue its id (the task opens the database itself)."""
+WAITING_RETRY_S = 10.0
+
+
+def submit_job(
+    settings: Settings,
+    name: str,
+    spec: dict,
+    dataset_id: str | None,
+    gpus: int = 1,
+    priority: int = 0,
+) -> Job:
+    """Record the job as queued, then wake a worker."""
     store = Store(settings.data_dir)
-    job = store.add_job(name=name, spec=spec, dataset_id=dataset_id)
+    job = store.add_job(name=name, spec=spec, dataset_id=dataset_id, gpus=gpus, priority=priority)
     try:
-        get_queue(settings).run_job(job.id)
-    except Exception as exc:  # a queued row with no task behind it would wait forever
+        wake(settings)
+    except Exception as exc:  # a queued row no worker hears of would wait until one starts
         store.claim_job(job.id)
         store.finish_job(job.id, JobState.FAILED, f"The job could not be queued: {exc}")
         raise
     return job
 
 
-def requeue_waiting(settings: Settings) -> int:
-    """Enqueue every queued job again (a worker skips any it cannot claim, so twice is harmless).
+def wake(settings: Settings) -> None:
+    """Tell a worker one more job waits (a job queued again by resume or retry, too)."""
+    get_queue(settings).next_job()
 
-    Covers a job whose task was lost: enqueued in a queue file since deleted, or taken by a
-    worker that died before it could claim it.
-    """
-    store = Store(settings.data_dir)
-    waiting = [j for j in reversed(store.list_jobs()) if j.state == JobState.QUEUED]
-    for job in waiting:
-        get_queue(settings).run_job(job.id)
-    return len(waiting)
+
+def requeue_waiting(settings: Settings) -> int:
+    """One wake-up per queued job: covers tasks lost with a deleted queue file, or taken by a
+    worker that died before it claimed a job. Extra ones find nothing to do and end."""
+    waiting = len(Store(settings.data_dir).queue_order())
+    for _ in range(waiting):
+        wake(settings)
+    return waiting

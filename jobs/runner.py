@@ -1,10 +1,12 @@
-"""Runs one job in the worker: claim it, start its child process, heartbeat, settle its end."""
+"""Runs jobs in the worker: claim the next one, start its child process, heartbeat, settle."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,17 +20,80 @@ HEARTBEAT_EVERY_S = 2.0
 LOG_NAME = "train.log"
 
 
-def run_job(settings: Settings, job_id: str) -> None:
+def worker_devices(settings: Settings) -> list[str]:
+    """The GPU ids this worker may use: --gpu, else every GPU it can see (none on a CPU box)."""
+    if settings.gpus.strip():
+        return [g.strip() for g in settings.gpus.split(",") if g.strip()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def worker_name(devices: list[str]) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}" + (
+        f" gpu {','.join(devices)}" if devices else ""
+    )
+
+
+def run_next(settings: Settings, devices: list[str] | None = None) -> str:
+    """Claim and run the first queued job this worker can run: 'ran', 'idle' (none queued),
+    or 'waiting' (queued jobs need more GPUs than this worker has)."""
+    devices = worker_devices(settings) if devices is None else devices
     store = Store(settings.data_dir)
-    if not store.claim_job(job_id):
-        logging.info("job %s is no longer queued; skipped", job_id)
-        return
+    job_id = store.claim_next(len(devices), worker_name(devices))
+    if job_id is None:
+        return "waiting" if store.queue_order() else "idle"
+    run_job(settings, job_id, devices)
+    return "ran"
+
+
+def child_command(job_id: str, gpus: int) -> list[str]:
+    """One process, or one per GPU under accelerate launch (data parallel)."""
+    if gpus <= 1:
+        return [sys.executable, "-m", "jobs.child", job_id]
+    with socket.socket() as s:  # each multi-GPU job its own rendezvous port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        f"--num_processes={gpus}",
+        "--num_machines=1",
+        "--mixed_precision=no",  # the child picks bf16 itself where the GPU has it
+        "--dynamo_backend=no",
+        f"--main_process_port={port}",
+        "-m",
+        "jobs.child",
+        job_id,
+    ]
+
+
+def run_job(settings: Settings, job_id: str, devices: list[str]) -> None:
+    """Run a job this worker has claimed (it is `running`) until its child process ends."""
+    store = Store(settings.data_dir)
+    job = store.get_job(job_id)
     log_path = store.job_dir(job_id) / LOG_NAME
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[: max(job.gpus, 1)])
     with log_path.open("ab") as log:
+        log.write(f"\n==== run {job.runs} on {job.worker} ====\n".encode())
+        log.flush()
         try:
             child = subprocess.Popen(
-                [sys.executable, "-m", "jobs.child", job_id],
+                child_command(job_id, job.gpus),
                 cwd=PROJECT_ROOT,
                 env=env,
                 stdout=log,
@@ -50,11 +115,15 @@ def run_job(settings: Settings, job_id: str) -> None:
                 # stuck) is told to, then made to.
                 stop(child, settings.cancel_grace_s)
                 break
-            time.sleep(HEARTBEAT_EVERY_S)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # back at once when it ends
+                child.wait(timeout=HEARTBEAT_EVERY_S)
     code = child.wait()
     # The child settles its own state; if it died before it could, say why here.
     if cancel_seen is not None:
         settled = store.finish_job(job_id, JobState.CANCELLED, "Cancelled; the run was stopped.")
+    elif code < 0:  # killed from outside (the OOM killer, most often): resumable, not failed
+        reason = explain_exit(code, store.get_job(job_id).checkpoint)
+        settled = store.finish_job(job_id, JobState.INTERRUPTED, reason, log_tail(log_path))
     else:
         settled = store.finish_job(job_id, JobState.FAILED, explain_exit(code), log_tail(log_path))
     if settled:
@@ -69,15 +138,21 @@ def stop(child: subprocess.Popen, grace_s: float) -> None:
         child.kill()
 
 
-def explain_exit(code: int) -> str:
+def explain_exit(code: int, checkpoint: str | None = None) -> str:
+    then = (
+        f" Resume it from its last checkpoint ({checkpoint}), or retry it."
+        if checkpoint
+        else " It had no checkpoint yet: retry it."
+    )
     if code < 0:
         name = signal.Signals(-code).name
         if -code == signal.SIGKILL:
             return (
                 f"The training process was killed ({name}), most often because the machine ran "
-                "out of memory. Try a smaller batch size or max length."
+                "out of memory: try QLoRA, a smaller batch size or max length, or activation "
+                "checkpointing." + then
             )
-        return f"The training process was stopped by signal {name}."
+        return f"The training process was stopped by signal {name}." + then
     return f"The training process exited with status {code} before reporting a result."
 
 

@@ -1,10 +1,11 @@
-"""A worker: a huey consumer that takes one job at a time from the queue."""
+"""A worker: a huey consumer that runs one job at a time, on its GPUs (--gpu) or the CPU."""
 
 from __future__ import annotations
 
 import logging
 
 from jobs.queue import get_queue, requeue_waiting
+from jobs.runner import worker_devices
 from storage.settings import Settings
 from storage.store import Store
 
@@ -17,8 +18,14 @@ def run_worker(settings: Settings) -> None:
     stale = store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
     if stale:
         logging.info("marked interrupted (stale heartbeat): %s", ", ".join(stale))
-    requeue_waiting(settings)
-    consumer = get_queue(settings).huey.create_consumer(
+    devices = worker_devices(settings)
+    logging.info("devices: %s", ", ".join(f"gpu {d}" for d in devices) or "the CPU")
+    queue = get_queue(settings)
+    try:
+        requeue_waiting(settings)
+    except Exception as exc:  # an unreachable Redis: huey's consumer retries it by itself
+        logging.warning("could not wake the queued jobs (%s); the queue will retry", exc)
+    consumer = queue.huey.create_consumer(
         workers=1,
         worker_type="thread",
         periodic=False,

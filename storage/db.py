@@ -84,6 +84,25 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN memory_estimate_mb REAL;
     """,
+    # 5: the queue's order, resuming from a checkpoint (jobs.checkpoint is now a path relative
+    # to the job folder: trainer/checkpoint-N), who runs a job, and live sample answers
+    """
+    ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;  -- higher runs first
+    ALTER TABLE jobs ADD COLUMN gpus INTEGER NOT NULL DEFAULT 1;      -- devices the job needs
+    ALTER TABLE jobs ADD COLUMN resume_from TEXT;  -- checkpoint the next run starts from
+    ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;      -- times it was started
+    ALTER TABLE jobs ADD COLUMN worker TEXT;       -- host, pid and devices of its worker
+    CREATE INDEX jobs_queue ON jobs(state, priority, created_at);
+    CREATE TABLE samples (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        step INTEGER NOT NULL,           -- 0: the base model, before training
+        prompt_index INTEGER NOT NULL,
+        prompt TEXT NOT NULL,
+        text TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX samples_job ON samples(job_id, step);
+    """,
 ]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 ENV_PREFIX = "ADAPTERLAB_"
+LOGGERS = ("tensorboard", "wandb", "mlflow")
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,26 @@ class Settings:
     max_rows: int = 1_000_000  # rows in one dataset
     max_row_kb: int = 1024  # one line / row / text document
     allow_remote_code: bool = False
+    gpus: str = ""  # a worker's GPU ids, "0" or "0,1"; empty: every GPU it can see
+    queue_url: str = ""  # empty: SQLite in the data dir; redis://host:port/db: a shared queue
+    report_to: str = "tensorboard"  # training loggers: tensorboard, wandb, mlflow (comma list)
 
     @property
     def queue_path(self) -> Path:
         return self.data_dir / "queue.db"
+
+    def loggers(self) -> tuple[str, ...]:
+        """The training loggers asked for; wandb and mlflow log only where installed."""
+        import importlib.util
+
+        names = tuple(n.strip().lower() for n in self.report_to.split(",") if n.strip())
+        unknown = [n for n in names if n not in LOGGERS]
+        if unknown:
+            raise ValueError(
+                f"{ENV_PREFIX}REPORT_TO: unknown logger {unknown[0]!r} "
+                f"(known: {', '.join(LOGGERS)})"
+            )
+        return tuple(n for n in names if n == "tensorboard" or importlib.util.find_spec(n))
 
     def to_env(self) -> dict[str, str]:
         """The environment that gives a child process these same settings."""
@@ -85,6 +102,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-threads",
         type=int,
         help="torch threads for CPU training jobs (env ADAPTERLAB_TRAIN_THREADS, default 1)",
+    )
+    parser.add_argument(
+        "--gpu",
+        dest="gpus",
+        help="GPU ids this worker uses, e.g. 0 or 0,1 (env ADAPTERLAB_GPUS; default: all)",
+    )
+    parser.add_argument(
+        "--queue-url",
+        help="redis://host:port/db to share one queue between machines (env "
+        "ADAPTERLAB_QUEUE_URL; default: SQLite in the data dir)",
     )
     parser.add_argument(
         "--playground-threads",

@@ -33,6 +33,8 @@ _STALE_MESSAGE = (
     "The job stopped sending heartbeats: its worker or the app was stopped while it ran."
 )
 _NEEDING = ", ".join(f"'{s}'" for s in ("queued", "running", "interrupted"))
+_RESUMABLE = ("failed", "cancelled", "interrupted")
+_QUEUE_ORDER = "priority DESC, created_at, id"
 _ID_PATTERN = re.compile(r"^(ds|job|ad)-[0-9a-f]{12}$")
 
 
@@ -106,6 +108,19 @@ class Job:
     checkpoint: str | None
     adapter_id: str | None
     memory_estimate_mb: float | None = None
+    priority: int = 0
+    gpus: int = 1
+    resume_from: str | None = None
+    runs: int = 0
+    worker: str | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    step: int
+    prompt_index: int
+    prompt: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -234,12 +249,17 @@ class Store:
             ).fetchone()
         return _dataset(row) if row else None
 
-    def list_datasets(self) -> list[Dataset]:
+    def list_datasets(self, include_deleted: bool = False) -> list[Dataset]:
+        where = "" if include_deleted else "WHERE deleted_at IS NULL "
         with connect(self.db_path, write=False) as db:
-            rows = db.execute(
-                "SELECT * FROM datasets WHERE deleted_at IS NULL ORDER BY created_at DESC"
-            ).fetchall()
+            rows = db.execute(f"SELECT * FROM datasets {where}ORDER BY created_at DESC").fetchall()
         return [_dataset(r) for r in rows]
+
+    def find_dataset(self, dataset_id: str) -> Dataset | None:
+        """A dataset's record, deleted or not (finished jobs still name theirs)."""
+        with connect(self.db_path, write=False) as db:
+            row = db.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+        return _dataset(row) if row else None
 
     def jobs_needing(self, dataset_id: str) -> list[str]:
         """Jobs that may still read the dataset: queued, running, or interrupted (resumable)."""
@@ -256,24 +276,30 @@ class Store:
 
         The row stays for the finished jobs that name it (their records, their model cards).
         """
-        folder = self.dataset_dir(dataset_id)
-        trash = self.data_dir / "tmp" / f"deleted-{dataset_id}"
+        with self._removing(self.dataset_dir(dataset_id)) as db:
+            needed = db.execute(
+                f"SELECT id FROM jobs WHERE dataset_id = ? AND state IN ({_NEEDING}) LIMIT 1",
+                (dataset_id,),
+            ).fetchone()
+            if needed is not None:
+                raise InUse(f"dataset {dataset_id} is needed by job {needed[0]}")
+            cur = db.execute(
+                "UPDATE datasets SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
+                (time.time(), dataset_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"dataset {dataset_id} does not exist")
+
+    @contextlib.contextmanager
+    def _removing(self, folder: Path):
+        """A write transaction whose record takes its folder with it: the folder is set aside
+        when the transaction is about to commit, put back if it does not, deleted once it has."""
+        trash = self.data_dir / "tmp" / f"deleted-{folder.name}"
         moved = False
         try:
             with connect(self.db_path) as db:
-                needed = db.execute(
-                    f"SELECT id FROM jobs WHERE dataset_id = ? AND state IN ({_NEEDING}) LIMIT 1",
-                    (dataset_id,),
-                ).fetchone()
-                if needed is not None:
-                    raise InUse(f"dataset {dataset_id} is needed by job {needed[0]}")
-                cur = db.execute(
-                    "UPDATE datasets SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
-                    (time.time(), dataset_id),
-                )
-                if cur.rowcount == 0:
-                    raise NotFound(f"dataset {dataset_id} does not exist")
-                if folder.exists():  # aside first: the files go only once the row is committed
+                yield db
+                if folder.exists():
                     folder.rename(trash)
                     moved = True
         except BaseException:
@@ -283,16 +309,24 @@ class Store:
         shutil.rmtree(trash, ignore_errors=True)
 
     # ---- jobs ----
-    def add_job(self, name: str, spec: dict, dataset_id: str | None) -> Job:
+    def add_job(
+        self, name: str, spec: dict, dataset_id: str | None, gpus: int = 1, priority: int = 0
+    ) -> Job:
         job_id = new_id("job")
         self.job_dir(job_id).mkdir(parents=True)
+        row = {
+            "id": job_id,
+            "name": name,
+            "state": JobState.QUEUED,
+            "spec": json.dumps(spec),
+            "dataset_id": dataset_id,
+            "created_at": time.time(),
+            "gpus": gpus,
+            "priority": priority,
+        }
         try:
             with connect(self.db_path) as db:
-                db.execute(
-                    "INSERT INTO jobs (id, name, state, spec, dataset_id, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (job_id, name, JobState.QUEUED, json.dumps(spec), dataset_id, time.time()),
-                )
+                _insert(db, "jobs", row)
         except sqlite3.IntegrityError:  # the dataset was deleted since the caller looked
             shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
             raise NotFound(f"dataset {dataset_id} does not exist") from None
@@ -311,16 +345,92 @@ class Store:
             rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC").fetchall()
         return [_job(r) for r in rows]
 
-    def claim_job(self, job_id: str) -> bool:
+    def claim_job(self, job_id: str, worker: str = "") -> bool:
         """queued -> running, atomically; False when the job was cancelled meanwhile."""
         now = time.time()
         with connect(self.db_path) as db:
             cur = db.execute(
-                "UPDATE jobs SET state = ?, started_at = ?, heartbeat_at = ?"
-                " WHERE id = ? AND state = ?",
-                (JobState.RUNNING, now, now, job_id, JobState.QUEUED),
+                "UPDATE jobs SET state = ?, started_at = ?, heartbeat_at = ?, runs = runs + 1,"
+                " worker = ? WHERE id = ? AND state = ?",
+                (JobState.RUNNING, now, now, worker, job_id, JobState.QUEUED),
             )
         return cur.rowcount == 1
+
+    def claim_next(self, devices: int, worker: str = "") -> str | None:
+        """The first queued job (priority, then age) that needs at most `devices`, made running."""
+        with connect(self.db_path) as db:
+            row = db.execute(
+                f"SELECT id FROM jobs WHERE state = ? AND gpus <= ?"
+                f" ORDER BY {_QUEUE_ORDER} LIMIT 1",
+                (JobState.QUEUED, max(devices, 1)),
+            ).fetchone()
+            if row is None:
+                return None
+            now = time.time()
+            db.execute(
+                "UPDATE jobs SET state = ?, started_at = ?, heartbeat_at = ?, runs = runs + 1,"
+                " worker = ? WHERE id = ?",
+                (JobState.RUNNING, now, now, worker, row[0]),
+            )
+        return row[0]
+
+    def queue_order(self) -> list[str]:
+        """Queued job ids in the order workers take them."""
+        with connect(self.db_path, write=False) as db:
+            rows = db.execute(
+                f"SELECT id FROM jobs WHERE state = ? ORDER BY {_QUEUE_ORDER}", (JobState.QUEUED,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def set_priority(self, job_id: str, priority: int) -> None:
+        """Only a queued job has a place in the queue to change."""
+        with connect(self.db_path) as db:
+            cur = db.execute(
+                "UPDATE jobs SET priority = ? WHERE id = ? AND state = ?",
+                (int(priority), check_id(job_id, "job"), JobState.QUEUED),
+            )
+        if cur.rowcount == 0:
+            state = self.get_job(job_id).state.value  # NotFound for an unknown id
+            raise ValueError(f"Job {job_id} is {state}; only a queued job can be reordered.")
+
+    def reorder(self, job_ids: list[str]) -> None:
+        """Queued jobs run in this order (the first gets the highest priority)."""
+        with connect(self.db_path) as db:
+            for rank, job_id in enumerate(job_ids):
+                db.execute(
+                    "UPDATE jobs SET priority = ? WHERE id = ? AND state = ?",
+                    (len(job_ids) - rank, job_id, JobState.QUEUED),
+                )
+
+    def requeue_job(self, job_id: str, resume_from: str | None) -> None:
+        """An ended job (not one that succeeded) waits in the queue again, from a checkpoint
+        or from the start; its metrics past that checkpoint go when the run begins."""
+        check_id(job_id, "job")
+        ended = ", ".join(f"'{s}'" for s in _RESUMABLE)
+        with connect(self.db_path) as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, finished_at = NULL, heartbeat_at = NULL, error = NULL,"
+                " error_detail = NULL, cancel_requested = 0, resume_from = ?"
+                f" WHERE id = ? AND state IN ({ended})",
+                (JobState.QUEUED, resume_from, job_id),
+            )
+        if cur.rowcount == 0:
+            state = self.get_job(job_id).state.value
+            raise ValueError(
+                f"Job {job_id} is {state}; only an ended job that did not succeed can run again."
+            )
+
+    def delete_job(self, job_id: str) -> None:
+        """A job that is not running, with its metrics, samples and folder. An adapter it wrote
+        stays (it is its own record) and forgets the job."""
+        with self._removing(self.job_dir(job_id)) as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id} does not exist")
+            if row[0] == JobState.RUNNING:
+                raise InUse(f"Job {job_id} is running: cancel it first.")
+            db.execute("UPDATE adapters SET job_id = NULL WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def update_job(self, job_id: str, **values) -> None:
         """Set columns of a running job (progress, counts, checkpoint); not its state."""
@@ -398,6 +508,33 @@ class Store:
     def add_metric(self, job_id: str, **values) -> None:
         with connect(self.db_path) as db:
             _insert(db, "metrics", dict(values, job_id=job_id, created_at=time.time()))
+
+    def forget_after(self, job_id: str, step: int) -> None:
+        """A resumed run starts again at `step`: what the lost run logged later goes."""
+        with connect(self.db_path) as db:
+            db.execute("DELETE FROM metrics WHERE job_id = ? AND step > ?", (job_id, step))
+            db.execute("DELETE FROM samples WHERE job_id = ? AND step > ?", (job_id, step))
+
+    def add_samples(self, job_id: str, step: int, prompts: list[str], texts: list[str]) -> None:
+        now = time.time()
+        with connect(self.db_path) as db:
+            db.execute("DELETE FROM samples WHERE job_id = ? AND step = ?", (job_id, step))
+            db.executemany(
+                "INSERT INTO samples (job_id, step, prompt_index, prompt, text, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (job_id, step, i, p, t, now)
+                    for i, (p, t) in enumerate(zip(prompts, texts, strict=True))
+                ],
+            )
+
+    def list_samples(self, job_id: str) -> list[Sample]:
+        check_id(job_id, "job")
+        with connect(self.db_path, write=False) as db:
+            rows = db.execute(
+                "SELECT * FROM samples WHERE job_id = ? ORDER BY step, prompt_index", (job_id,)
+            ).fetchall()
+        return [_from_row(Sample, r) for r in rows]
 
     def list_metrics(self, job_id: str) -> list[Metric]:
         check_id(job_id, "job")

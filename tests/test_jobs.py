@@ -16,7 +16,7 @@ from finetune.samples import ARITHMETIC_SYSTEM
 from storage.settings import Settings
 from storage.store import JobState, Store
 from tests.conftest import PROJECT_ROOT
-from webui import actions, data_actions
+from webui import actions, data_actions, job_actions
 
 TIMEOUT_S = 180
 
@@ -127,7 +127,7 @@ def test_job_trains_in_a_child_and_writes_the_adapter(worker_settings, dataset_i
     assert adapter.trainable_params == started["trainable_params"] and adapter.size_bytes > 0
     assert (store.job_dir(job.id) / "train.log").stat().st_size > 0
     assert_adapter_trained_and_reloads(tiny_model, folder)
-    status = actions.job_status(worker_settings, job.id)
+    status = job_actions.job_status(worker_settings, job.id)
     assert status["status"] == "succeeded"
     assert status["loss"] == [m.loss for m in metrics if m.loss is not None][-1]
     assert status["adapter_id"] == job.adapter_id and status["eval_loss"] is not None
@@ -158,10 +158,10 @@ def test_cancel_queued_and_running_jobs(worker_settings, dataset_id, tiny_model)
     store = Store(worker_settings.data_dir)
     long_job = actions.start_job(worker_settings, spec(tiny_model, dataset_id, max_steps=100000))
     behind = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
-    assert actions.cancel_job(worker_settings, behind["job_id"])["status"] == "cancelled"
+    assert job_actions.cancel_job(worker_settings, behind["job_id"])["status"] == "cancelled"
 
     wait_until(lambda: store.get_job(long_job["job_id"]).step >= 1, "the long job's first step")
-    assert actions.cancel_job(worker_settings, long_job["job_id"])["status"] == "running"
+    assert job_actions.cancel_job(worker_settings, long_job["job_id"])["status"] == "running"
     job = wait_finished(worker_settings, long_job["job_id"])
     assert job.state == JobState.CANCELLED and job.step < 100000
     checkpoint = store.job_dir(job.id) / job.checkpoint
@@ -173,7 +173,7 @@ def test_cancel_queued_and_running_jobs(worker_settings, dataset_id, tiny_model)
     never = store.get_job(behind["job_id"])
     assert never.state == JobState.CANCELLED and never.started_at is None
     with pytest.raises(ValueError, match="already ended"):
-        actions.cancel_job(worker_settings, behind["job_id"])
+        job_actions.cancel_job(worker_settings, behind["job_id"])
 
 
 def test_a_failing_job_is_explained_and_the_queue_goes_on(worker_settings, dataset_id, tiny_model):
@@ -188,23 +188,47 @@ def test_a_failing_job_is_explained_and_the_queue_goes_on(worker_settings, datas
     assert wait_finished(worker_settings, good["job_id"]).state == JobState.SUCCEEDED
 
 
-def test_a_killed_child_fails_the_job_in_plain_words(worker_settings, dataset_id, tiny_model):
+def test_a_killed_child_is_interrupted_and_resumes_to_the_same_step(
+    worker_settings, dataset_id, tiny_model
+):
+    """kill -9 of the training process (what the OOM killer does): the job is interrupted, says
+    why in plain words, and resumes from its last checkpoint to the planned final step."""
     store = Store(worker_settings.data_dir)
-    started = actions.start_job(worker_settings, spec(tiny_model, dataset_id, max_steps=100000))
-    wait_until(lambda: store.get_job(started["job_id"]).step >= 1, "the first step")
-    os.kill(child_of(started["job_id"]).pid, signal.SIGKILL)
-    job = wait_finished(worker_settings, started["job_id"])
-    assert job.state == JobState.FAILED
+    started = actions.start_job(
+        worker_settings, spec(tiny_model, dataset_id, max_steps=40, save_steps=2)
+    )
+    job_id = started["job_id"]
+    wait_until(lambda: store.get_job(job_id).checkpoint, "the first checkpoint")
+    os.kill(child_of(job_id).pid, signal.SIGKILL)
+    job = wait_finished(worker_settings, job_id)
+    assert job.state == JobState.INTERRUPTED
     assert "killed (SIGKILL)" in job.error and "out of memory" in job.error
-    good = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
-    assert wait_finished(worker_settings, good["job_id"]).state == JobState.SUCCEEDED
+    assert job.checkpoint in job.error and "Resume it" in job.error
+    status = job_actions.job_status(worker_settings, job_id)
+    assert status["resumable"] and status["checkpoint"] == job.checkpoint
+    kept_step = int(job.checkpoint.rsplit("-", 1)[1])
+    assert kept_step >= 2 and kept_step % 2 == 0
+
+    resumed = job_actions.resume_job(worker_settings, job_id)
+    assert resumed["status"] == "queued" and resumed["position"] == 1
+    job = wait_finished(worker_settings, job_id)
+    assert job.state == JobState.SUCCEEDED, job.error_detail
+    assert (job.step, job.total_steps, job.runs) == (40, 40, 2)
+    steps = [m.step for m in store.list_metrics(job_id) if m.loss is not None]
+    assert steps == list(range(1, 41)), "one point per step: the curve goes on from the checkpoint"
+    assert not (store.job_dir(job_id) / "trainer").exists(), "checkpoints go once it succeeded"
+    assert_adapter_trained_and_reloads(tiny_model, store.adapter_dir(job.adapter_id))
+    log = job_actions.job_log(worker_settings, job_id, lines=2000)["lines"]
+    assert sum("==== run" in line for line in log) == 2
+    with pytest.raises(ValueError, match="only a stopped job can be resumed"):
+        job_actions.resume_job(worker_settings, job_id)
 
 
 def test_cancel_while_the_child_is_still_loading(worker_settings, dataset_id, tiny_model):
     store = Store(worker_settings.data_dir)
     started = actions.start_job(worker_settings, spec(tiny_model, dataset_id, max_steps=100000))
     wait_until(lambda: store.get_job(started["job_id"]).state == JobState.RUNNING, "the start")
-    actions.cancel_job(worker_settings, started["job_id"])  # long before the first step ends
+    job_actions.cancel_job(worker_settings, started["job_id"])  # long before the first step ends
     job = wait_finished(worker_settings, started["job_id"])
     assert job.state == JobState.CANCELLED and job.error.startswith("Cancelled")
     wait_until(lambda: child_of(job.id) is None, "the child process to exit")
@@ -235,6 +259,12 @@ def test_a_dead_worker_loses_no_work(tmp_path, tiny_model):
             lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE,
             "the orphaned child to exit",
         )
+        # A new worker takes the next queued job; the interrupted one waits to be resumed.
+        after = actions.start_job(settings, spec(tiny_model, dataset_id))
+        worker = start_worker(settings, tmp_path / "worker-2.log")
+        assert wait_finished(settings, after["job_id"]).state == JobState.SUCCEEDED
+        assert store.get_job(job.id).state == JobState.INTERRUPTED
+        assert job_actions.job_status(settings, job.id)["resumable"]
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +14,23 @@ from transformers import AutoModelForCausalLM
 from finetune.data import DataError
 from finetune.samples import arithmetic
 from finetune.spec import parse_spec
-from finetune.train import split_rows, to_prompt_completion, train
+from finetune.train import Reporter, split_rows, to_prompt_completion, train
 
 
-class Recorder:
+class Recorder(Reporter):
     def __init__(self, stop_after: int | None = None):
         self.stop_after = stop_after
         self.started_with = None
         self.logs: list[tuple[int, dict]] = []
         self.checks = 0
+        self.checkpoints: list[tuple[int, Path]] = []
+        self.samples: list[tuple[int, list[str], list[str]]] = []
+
+    def saved(self, step, checkpoint):
+        self.checkpoints.append((step, checkpoint))
+
+    def sampled(self, step, prompts, texts):
+        self.samples.append((step, prompts, texts))
 
     def started(self, total_steps, trainable_params, total_params):
         self.started_with = (total_steps, trainable_params, total_params)
@@ -80,13 +89,78 @@ def test_lora_trains_saves_and_reloads(tiny_model, tmp_path):
             assert not torch.allclose(first, model(ids).logits), "the adapter changes the output"
 
 
-def test_stop_request_ends_the_run_early(tiny_model, tmp_path):
+def test_stop_request_ends_the_run_early_with_a_checkpoint(tiny_model, tmp_path):
     spec = spec_for(tiny_model, max_steps=50, eval_fraction=0.0)
+    recorder = Recorder(2)
     result = train(
-        spec, arithmetic(64, 0)[0], str(tiny_model), tmp_path / "w", tmp_path / "o", Recorder(2)
+        spec, arithmetic(64, 0)[0], str(tiny_model), tmp_path / "w", tmp_path / "o", recorder
     )
     assert result.stopped and result.step == 2 and result.total_steps == 50
-    assert (tmp_path / "o" / "adapter_model.safetensors").is_file()
+    assert recorder.checkpoints == [(2, tmp_path / "w" / "checkpoint-2")]
+    names = {p.name for p in (tmp_path / "w" / "checkpoint-2").iterdir()}
+    assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"} <= names
+    assert not (tmp_path / "o").exists(), "a stopped run's weights live in its checkpoint"
+
+
+def _lora_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_a_resumed_run_ends_where_an_unbroken_one_does(tiny_model, tmp_path):
+    """Checkpoints every 2 steps, the newest 2 kept; a run stopped at step 3 and resumed from
+    its checkpoint reaches step 6 with the weights of a run that never stopped."""
+    spec = spec_for(
+        tiny_model, max_steps=6, save_steps=2, keep_checkpoints=2, eval_fraction=0.0,
+        learning_rate=1e-2, sample_prompts=0,
+    )  # fmt: skip
+    rows = arithmetic(64, 0)[0]
+    whole = Recorder()
+    train(spec, rows, str(tiny_model), tmp_path / "w1", tmp_path / "o1", whole)
+    assert [s for s, _ in whole.checkpoints] == [2, 4, 6]
+    kept = sorted(p.name for p in (tmp_path / "w1").glob("checkpoint-*"))
+    assert kept == ["checkpoint-4", "checkpoint-6"], "only the newest two stay"
+
+    first = Recorder(stop_after=3)
+    stopped = train(spec, rows, str(tiny_model), tmp_path / "w2", tmp_path / "o2", first)
+    assert stopped.stopped and stopped.step == 3
+    second = Recorder()
+    resumed = train(
+        spec, rows, str(tiny_model), tmp_path / "w2", tmp_path / "o2", second,
+        resume_from=first.checkpoints[-1][1],
+    )  # fmt: skip
+    assert (resumed.step, resumed.total_steps, resumed.stopped) == (6, 6, False)
+    assert [s for s, v in second.logs if "loss" in v] == [4, 5, 6], "the curve goes on"
+    a, b = _lora_weights(tmp_path / "o1"), _lora_weights(tmp_path / "o2")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_samples_tensorboard_and_training_an_adapter_further(tiny_model, tmp_path):
+    spec = spec_for(tiny_model, max_steps=4, sample_every=2, learning_rate=1e-2)
+    rows = arithmetic(64, 0)[0]
+    recorder = Recorder()
+    train(
+        spec, rows, str(tiny_model), tmp_path / "w", tmp_path / "o", recorder,
+        report_to=("tensorboard",), log_dir=tmp_path / "tb",
+    )  # fmt: skip
+    assert [s for s, _, _ in recorder.samples] == [0, 2, 4]
+    prompts = {tuple(p) for _, p, _ in recorder.samples}
+    assert len(prompts) == 1 and len(next(iter(prompts))) == 3, "the same three prompts"
+    assert all(isinstance(t, str) for _, _, texts in recorder.samples for t in texts)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*")), "TensorBoard events written"
+
+    # Trained further at a learning rate too small to move it: it starts from the adapter.
+    further = spec_for(tiny_model, max_steps=1, learning_rate=1e-7, sample_prompts=0)
+    train(
+        further, rows, str(tiny_model), tmp_path / "w2", tmp_path / "o2", Recorder(),
+        start_from=tmp_path / "o",
+    )  # fmt: skip
+    before, after = _lora_weights(tmp_path / "o"), _lora_weights(tmp_path / "o2")
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.allclose(before[name], after[name], atol=1e-4), name
+    assert any(t.abs().sum() > 0 for n, t in after.items() if "lora_B" in n)
 
 
 def test_rows_with_no_answer_left_get_a_plain_error(tiny_model, tmp_path):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import shutil
 
-import pandas as pd
 import pytest
 
 from storage.store import Job, JobState, Metric, Store
-from webui import actions, data_actions
+from webui import actions, data_actions, job_actions
 from webui.blocks import build_app
 from webui.data_tab import (
     mapping_updates,
@@ -18,7 +17,7 @@ from webui.data_tab import (
     on_upload,
     read_mapping,
 )
-from webui.jobs_tab import on_cancel_click, on_jobs_tick, progress_html
+from webui.jobs_tab import COLUMNS, TICK_OUTPUTS, on_action_click, on_jobs_tick, progress_html
 from webui.playground_tab import on_generate_click
 from webui.train_tab import build_train_tab, on_form_change, on_start_click, read_form
 
@@ -37,6 +36,13 @@ API = {
     "delete_dataset",
     "list_adapters",
     "add_sample",
+    "set_priority",
+    "resume_job",
+    "retry_job",
+    "clone_job",
+    "delete_job",
+    "job_log",
+    "job_samples",
 }
 
 
@@ -157,30 +163,48 @@ def test_form_reads_zero_as_not_set(with_tiny):
     assert (training["epochs"], training["max_steps"]) == (2, None)
 
 
+def tick(settings, selected=None, state=None) -> dict:
+    return dict(zip(TICK_OUTPUTS, on_jobs_tick(settings, selected, state), strict=True))
+
+
 def test_jobs_tick_and_cancel(settings, store):
-    rows, _, progress, *_ = on_jobs_tick(settings, None)
-    assert rows == [] and progress == "No jobs yet."
-    job = store.add_job("first", {"method": "lora"}, None)
-    store.claim_job(job.id)
+    view = tick(settings)
+    assert view["table"] == [] and view["progress"] == "No jobs yet."
+    job = store.add_job("first", {"method": "lora", "base_model": "/m/tiny"}, None)
+    store.claim_job(job.id, worker="host:1")
     store.update_job(job.id, step=2, total_steps=4)
-    store.add_metric(job.id, step=1, loss=2.0)
-    store.add_metric(job.id, step=2, loss=1.5, eval_loss=1.7)
-    rows, _, progress, plot, recipe, error, cancel = on_jobs_tick(settings, None)
-    assert rows[0][:4] == ["first", job.id, "running", "2/4"]
-    assert "step 2 of 4" in progress and "left" in progress and "width:50.0%" in progress
-    assert isinstance(plot, pd.DataFrame)
-    assert plot.to_dict("records") == [
+    store.add_metric(job.id, step=1, loss=2.0, learning_rate=1e-4, memory_mb=900.0)
+    store.add_metric(job.id, step=2, loss=1.5, eval_loss=1.7, tokens_per_s=80.0)
+    view = tick(settings)
+    row = dict(zip(COLUMNS, view["table"][0], strict=True))
+    assert (row["state"], row["name"], row["base model"], row["method"]) == (
+        "running",
+        "first",
+        "tiny",
+        "lora",
+    )
+    assert (row["step"], row["loss"], row["eval loss"], row["id"]) == ("2/4", "1.5", "1.7", job.id)
+    assert "step 2 of 4" in view["progress"] and "left" in view["progress"]
+    assert "width:50.0%" in view["progress"] and "worker host:1" in view["progress"]
+    assert view["loss"].to_dict("records") == [
         {"step": 1, "value": 2.0, "series": "loss"},
         {"step": 2, "value": 1.5, "series": "loss"},
         {"step": 2, "value": 1.7, "series": "eval loss"},
     ]
-    assert '"method": "lora"' in recipe and cancel["interactive"] is True
-    assert "will stop after its current step" in on_cancel_click(settings, job.id)
+    assert view["learning rate"]["value"].tolist() == [1e-4]
+    assert view["tokens/s"]["value"].tolist() == [80.0]
+    assert view["memory (MB)"]["value"].tolist() == [900.0]
+    assert '"method": "lora"' in view["recipe"] and view["cancel"]["interactive"] is True
+    assert view["delete"]["interactive"] is False, "a running job cannot be deleted"
+    assert "will stop after its current step" in on_action_click(settings, "cancel", job.id)
     store.finish_job(job.id, JobState.FAILED, "It broke.", "Traceback: x")
-    _, _, progress, _, _, error, cancel = on_jobs_tick(settings, job.id)
-    assert "failed" in progress and error.startswith("**It broke.**") and "Traceback" in error
-    assert cancel["interactive"] is False
-    assert "already ended" in on_cancel_click(settings, job.id)
+    view = tick(settings, job.id)
+    assert "failed" in view["progress"] and view["error"].startswith("**It broke.**")
+    assert "Traceback" in view["error"] and view["cancel"]["interactive"] is False
+    assert view["retry"]["interactive"] is True and view["resume"]["interactive"] is False
+    assert "already ended" in on_action_click(settings, "cancel", job.id)
+    assert tick(settings, None, "queued")["table"] == [], "the filter keeps one state"
+    assert len(tick(settings, None, "failed")["table"]) == 1
 
 
 def a_job(**values) -> Job:
@@ -255,9 +279,8 @@ def test_status_readers_settle_jobs_whose_process_died(settings, store):
     job = store.add_job("orphan", {}, None)
     store.claim_job(job.id)
     store.update_job(job.id, heartbeat_at=time.time() - 3600)
-    rows, *_ = on_jobs_tick(settings, job.id)
-    assert rows[0][2] == "interrupted"
-    assert actions.job_status(settings, job.id)["status"] == "interrupted"
+    assert tick(settings, job.id)["table"][0][1] == "interrupted"
+    assert job_actions.job_status(settings, job.id)["status"] == "interrupted"
 
 
 def test_curves_start_with_every_series_the_job_will_have(store):

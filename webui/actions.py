@@ -6,6 +6,7 @@ with a message meant for the user (the API turns those into gradio errors).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -21,11 +22,11 @@ from finetune.generate import GenerationParams, ModelCache
 from finetune.memory import current_device, estimate_memory
 from finetune.methods import get_method
 from finetune.models import load_config, resolve_model
-from finetune.spec import parse_spec
+from finetune.spec import JobSpec, parse_spec
 from finetune.tasks import SEQ_2_SEQ_LM, SEQ_CLS, model_task
 from jobs.queue import submit_job
 from storage.settings import Settings
-from storage.store import Job, NotFound, Store
+from storage.store import NotFound, Store
 
 PLAYGROUND = ModelCache(capacity=1)  # the web process's one model cache
 
@@ -33,6 +34,8 @@ PLAYGROUND = ModelCache(capacity=1)  # the web process's one model cache
 def estimate(settings: Settings, spec: Any) -> dict[str, Any]:
     """Trainable and total parameters for a spec, exact, without loading weights."""
     parsed = parse_spec(spec)
+    if parsed.from_adapter:
+        parsed = continued(settings, parsed)
     model = resolve_model(parsed.base_model, settings.models_dir)
     config = load_config(model, settings.allow_remote_code)
     dataset = _dataset_or_none(settings, parsed.dataset_id)
@@ -108,13 +111,16 @@ def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
         dataset = store.get_dataset(parsed.dataset_id)
     except LookupError:
         raise SpecError(f"dataset_id: no dataset {parsed.dataset_id!r}; upload one first") from None
+    if parsed.from_adapter:
+        parsed = continued(settings, parsed)
+        spec = asdict(parsed)
     counts = estimate(settings, spec)
     check_task_fit(counts["task"], dataset.format)
     model = resolve_model(parsed.base_model, settings.models_dir)
     fitted = fitted_params(model, parsed.method, parsed.method_params, settings.allow_remote_code)
     parsed = replace(parsed, method_params=fitted)  # the recipe says what really trains
     name = parsed.name or f"{parsed.method} on {dataset.name} · {time.strftime('%b %d %H:%M')}"
-    job = submit_job(settings, name, asdict(parsed), dataset.id)
+    job = submit_job(settings, name, asdict(parsed), dataset.id, gpus=parsed.training["gpus"])
     store.update_job(
         job.id,
         trainable_params=counts["trainable_params"],
@@ -124,50 +130,31 @@ def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
     return {"job_id": job.id, "status": job.state.value, **counts}
 
 
-def job_info(job: Job, losses: tuple[float | None, ...]) -> dict[str, Any]:
-    loss, eval_loss = losses
-    return {
-        "job_id": job.id,
-        "name": job.name,
-        "status": job.state.value,
-        "step": job.step,
-        "total_steps": job.total_steps,
-        "loss": loss,
-        "eval_loss": eval_loss,
-        "error": job.error,
-        "adapter_id": job.adapter_id,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-    }
-
-
-def settled_store(settings: Settings) -> Store:
-    """The store, after marking jobs whose process died (stale heartbeat) as interrupted."""
+def continued(settings: Settings, spec: JobSpec) -> JobSpec:
+    """A spec that trains an adapter further: its base, method and method settings are the
+    adapter's own (what it was trained with); the data and training settings are the new ones."""
     store = Store(settings.data_dir)
-    store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
-    return store
-
-
-def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
-    store = settled_store(settings)
-    job = store.get_job(job_id)
-    return job_info(job, store.last_losses(job.id)[job.id])
-
-
-def cancel_job(settings: Settings, job_id: str) -> dict[str, Any]:
-    store = Store(settings.data_dir)
-    job = store.get_job(job_id)
-    if job.state.finished:
-        raise ValueError(f"Job {job_id} has already ended ({job.state.value}).")
-    state = store.cancel_job(job_id)
-    return {"job_id": job_id, "status": state.value}
-
-
-def list_jobs(settings: Settings) -> list[dict[str, Any]]:
-    store = settled_store(settings)
-    losses = store.last_losses()
-    return [job_info(j, losses.get(j.id, (None, None))) for j in store.list_jobs()]
+    try:
+        adapter = store.get_adapter(spec.from_adapter)
+    except LookupError:
+        raise SpecError(f"from_adapter: no adapter {spec.from_adapter!r}") from None
+    if resolve_model(adapter.base_model, settings.models_dir) != resolve_model(
+        spec.base_model, settings.models_dir
+    ):
+        raise SpecError(
+            f"from_adapter: adapter {adapter.id} was trained on {adapter.base_model}, "
+            f"not {spec.base_model}"
+        )
+    recipe_file = store.adapter_dir(adapter.id) / "recipe.json"
+    if not recipe_file.is_file():
+        raise SpecError(f"from_adapter: adapter {adapter.id} has no recipe to train further from")
+    recipe = parse_spec(json.loads(recipe_file.read_text(encoding="utf-8")))
+    return replace(
+        spec,
+        base_model=recipe.base_model,
+        method=recipe.method,
+        method_params=recipe.method_params,
+    )
 
 
 def list_adapters(settings: Settings) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from storage.settings import Settings
-from webui import actions, data_actions
+from webui import actions, data_actions, job_actions
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -42,15 +42,46 @@ def register_api(settings: Settings) -> None:
         return actions.list_methods()
 
     def job_status(job_id: str) -> dict:
-        """{job_id, status, step, total_steps, loss, eval_loss, error, adapter_id, ...}."""
-        return actions.job_status(settings, job_id)
+        """{job_id, status, position, step, total_steps, loss, eval_loss, error, adapter_id,
+        checkpoint, resumable, heartbeat_at, worker, ...}."""
+        return job_actions.job_status(settings, job_id)
 
     def cancel_job(job_id: str) -> dict:
-        """Cancel a queued job, or stop a running one after its current step."""
-        return actions.cancel_job(settings, job_id)
+        """Cancel a queued job, or stop a running one after its current step (checkpointed)."""
+        return job_actions.cancel_job(settings, job_id)
 
-    def list_jobs() -> list:
-        return actions.list_jobs(settings)
+    def list_jobs(state: str | None = None) -> list:
+        """Every job, newest first, as job_status gives it; state keeps one state only."""
+        return job_actions.list_jobs(settings, state)
+
+    def set_priority(job_id: str, priority: int) -> dict:
+        """A queued job's priority: higher runs first, equal ones oldest first."""
+        return job_actions.set_priority(settings, job_id, priority)
+
+    def resume_job(job_id: str) -> dict:
+        """Queue a stopped job again from its last checkpoint, to the same final step."""
+        return job_actions.resume_job(settings, job_id)
+
+    def retry_job(job_id: str) -> dict:
+        """Start a failed, cancelled or interrupted job again from scratch, as a new job."""
+        return job_actions.retry_job(settings, job_id)
+
+    def clone_job(job_id: str) -> dict:
+        """The job's spec, to change and pass to start_job -> {job_id, spec}."""
+        return job_actions.clone_job(settings, job_id)
+
+    def delete_job(job_id: str) -> dict:
+        """Delete a job that is not running, with its log, checkpoints and curves; an adapter
+        it wrote stays."""
+        return job_actions.delete_job(settings, job_id)
+
+    def job_log(job_id: str, lines: int = 100) -> dict:
+        """The last lines of the job's log -> {job_id, lines}."""
+        return job_actions.job_log(settings, job_id, lines)
+
+    def job_samples(job_id: str) -> list:
+        """Answers to the fixed sample prompts so far: [{step, prompt, text}], step 0 = base."""
+        return job_actions.job_samples(settings, job_id)
 
     def list_datasets() -> list:
         """Every dataset: {id, name, format, rows, eval_rows, dropped_rows, mapping, stats, ...}."""
@@ -88,6 +119,13 @@ def register_api(settings: Settings) -> None:
         job_status,
         cancel_job,
         list_jobs,
+        set_priority,
+        resume_job,
+        retry_job,
+        clone_job,
+        delete_job,
+        job_log,
+        job_samples,
         list_datasets,
         preview_dataset,
         delete_dataset,

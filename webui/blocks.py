@@ -5,12 +5,13 @@ from __future__ import annotations
 import gradio as gr
 
 from storage.settings import Settings
+from webui import job_actions
 from webui.adapters_tab import adapters_rows, build_adapters_tab
 from webui.api import register_api
 from webui.data_tab import build_data_tab, dataset_choices, datasets_rows
 from webui.jobs_tab import build_jobs_tab
 from webui.playground_tab import adapter_choices, build_playground_tab
-from webui.train_tab import build_train_tab, on_form_change
+from webui.train_tab import adapter_start_choices, build_train_tab, fill_form, on_form_change
 
 THEME = gr.themes.Soft(primary_hue="orange")
 
@@ -20,13 +21,13 @@ def build_app(settings: Settings) -> gr.Blocks:
         gr.Markdown(
             "# AdapterLab\nFine-tune a model with PEFT: data → train → jobs → try → download."
         )
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Data", id="data"):
                 data = build_data_tab(settings)
             with gr.Tab("Train", id="train") as train_tab:
                 form = build_train_tab(settings)
             with gr.Tab("Jobs", id="jobs"):
-                build_jobs_tab(settings)
+                jobs = build_jobs_tab(settings)
             with gr.Tab("Playground", id="playground") as playground_tab:
                 playground = build_playground_tab(settings)
             with gr.Tab("Adapters", id="adapters") as adapters_tab:
@@ -35,9 +36,24 @@ def build_app(settings: Settings) -> gr.Blocks:
 
         # Each tab reads storage when shown, so what another tab (or browser) did appears.
         train_tab.select(
-            lambda current: _refresh_choices(dataset_choices(settings), current),
-            inputs=[form.dataset],
-            outputs=[form.dataset],
+            lambda current, start: (
+                _refresh_choices(dataset_choices(settings), current),
+                _refresh_choices(adapter_start_choices(settings), start),
+            ),
+            inputs=[form.dataset, form.from_adapter],
+            outputs=[form.dataset, form.from_adapter],
+            api_visibility="private",
+        )
+
+        def on_clone_click(job_id: str | None) -> dict:
+            """The Train form filled with the job's spec, shown; the user edits and starts."""
+            spec = job_actions.clone_job(settings, job_id)["spec"] if job_id else {}
+            return {tabs: gr.Tabs(selected="train"), **fill_form(settings, form, spec)}
+
+        jobs.clone_button.click(
+            on_clone_click,
+            inputs=[jobs.job_dropdown],
+            outputs=[tabs, *form.inputs()],
             api_visibility="private",
         )
         playground_tab.select(

@@ -1,7 +1,8 @@
-"""Jobs tab: every job and its state; the selected one's progress, curves, recipe, error, Cancel."""
+"""Jobs tab: the queue and every job; the selected one's progress, curves, samples and log."""
 
 from __future__ import annotations
 
+import html
 import json
 import time
 from dataclasses import dataclass
@@ -11,55 +12,120 @@ import pandas as pd
 
 from finetune.train import final_metrics
 from storage.settings import Settings
-from storage.store import Job, JobState, Metric
-from webui import actions
+from storage.store import Job, JobState, Metric, Sample
+from webui import job_actions
 
 REFRESH_S = 2.0
+LOG_LINES = 40
+ALL_STATES = "all"
+COLUMNS = [
+    "#",
+    "state",
+    "name",
+    "base model",
+    "method",
+    "dataset",
+    "created",
+    "started",
+    "finished",
+    "took",
+    "step",
+    "loss",
+    "eval loss",
+    "id",
+]
+
+
+# The curves: (metric field, series label, plot). A plot holds the series that share its scale.
+CURVES = {
+    "loss": [("loss", "loss"), ("eval_loss", "eval loss")],
+    "learning rate": [("learning_rate", "learning rate")],
+    "tokens/s": [("tokens_per_s", "tokens/s")],
+    "memory (MB)": [("memory_mb", "memory MB")],
+}
+
+
+# What on_jobs_tick returns, in order (the tab's outputs).
+TICK_OUTPUTS = (
+    "table",
+    "job",
+    "progress",
+    *CURVES,
+    "samples",
+    "log",
+    "recipe",
+    "error",
+    *("up", "down", "top", "cancel", "resume", "retry", "clone", "delete"),
+)
 
 
 @dataclass
 class JobsTab:
     job_dropdown: gr.Dropdown
+    clone_button: gr.Button
     timer: gr.Timer
 
 
-def jobs_rows(jobs: list[Job]) -> list[list]:
+def jobs_rows(jobs: list[dict]) -> list[list]:
+    """One row per job (as job_actions.list_jobs gives them), for the table."""
     return [
         [
-            j.name,
-            j.id,
-            j.state.value,
-            f"{j.step}/{j.total_steps or '?'}",
-            _when(j.created_at),
+            j["position"] or "",
+            j["status"],
+            j["name"],
+            _short_model(j["base_model"]),
+            j["method"],
+            j["dataset"] or "",
+            _when(j["created_at"]),
+            _when(j["started_at"]),
+            _when(j["finished_at"]),
+            _duration(j["seconds"]) if j["seconds"] is not None else "",
+            f"{j['step']}/{j['total_steps'] or '?'}",
+            _number(j["loss"]),
+            _number(j["eval_loss"]),
+            j["job_id"],
         ]
         for j in jobs
     ]
 
 
+def _short_model(path: str | None) -> str:
+    return (path or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.4g}" if value is not None else ""
+
+
 def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+    return time.strftime("%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
 
-def progress_html(job: Job, metrics: list[Metric]) -> str:
+def progress_html(job: Job, metrics: list[Metric], position: int | None = None) -> str:
     total = job.total_steps or 0
     fraction = min(job.step / total, 1.0) if total else 0.0
     if job.state == JobState.SUCCEEDED:
         fraction = 1.0
     eta = ""
-    if job.state == JobState.RUNNING and total and job.step >= total:
+    if job.state == JobState.QUEUED:
+        eta = f" · number {position} in the queue" if position else ""
+        if job.resume_from:
+            eta += f" · resumes from {job.resume_from}"
+    elif job.state == JobState.RUNNING and total and job.step >= total:
         eta = " · saving the adapter"
     elif job.state == JobState.RUNNING and total:
-        seconds = _seconds_left(metrics, total)
+        seconds = _seconds_left(job, metrics, total)
         eta = f" · about {_duration(seconds)} left" if seconds is not None else " · starting"
     elif job.finished_at and job.started_at:
         eta = f" · took {_duration(job.finished_at - job.started_at)}"
     last = final_metrics([vars(m) for m in metrics])
     losses = "".join(f" · {name.replace('_', ' ')} {value:.4g}" for name, value in last.items())
+    where = f"<div><small>worker {html.escape(job.worker)}</small></div>" if job.worker else ""
     return (
         f"<div><b>{job.state.value}</b> · step {job.step} of {total or '?'}{eta}{losses}</div>"
         f'<div style="background:#e5e7eb;border-radius:6px;height:14px;margin-top:6px">'
         f'<div class="job-progress" style="width:{fraction * 100:.1f}%;height:14px;'
-        f'border-radius:6px;background:#f97316"></div></div>' + memory_line(job, metrics)
+        f'border-radius:6px;background:#f97316"></div></div>' + memory_line(job, metrics) + where
     )
 
 
@@ -74,9 +140,10 @@ def memory_line(job: Job, metrics: list[Metric]) -> str:
     return f"<div><small>{line}</small></div>"
 
 
-def _seconds_left(metrics: list[Metric], total: int) -> float | None:
-    """From the measured pace between logged steps (evaluations included), not the start-up."""
-    steps = [m for m in metrics if m.loss is not None]
+def _seconds_left(job: Job, metrics: list[Metric], total: int) -> float | None:
+    """From the measured pace between this run's logged steps (evaluations included), not the
+    start-up, nor the pause before a resume."""
+    steps = [m for m in metrics if m.loss is not None and m.created_at >= (job.started_at or 0)]
     if len(steps) < 2 or steps[-1].step <= steps[0].step:
         return None
     first, last = steps[0], steps[-1]
@@ -86,11 +153,13 @@ def _seconds_left(metrics: list[Metric], total: int) -> float | None:
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def curves(job: Job, metrics: list[Metric]) -> pd.DataFrame | None:
-    """The job's loss curves; None until it has a point.
+def curves(job: Job, metrics: list[Metric], plot: str = "loss") -> pd.DataFrame | None:
+    """One plot's series over the steps; None until it has a point.
 
     Gradio's LinePlot fixes its axis types and colour domain from the first value it draws and
     only swaps the data after that: so no empty frame, and every series the job will have is there
@@ -98,15 +167,15 @@ def curves(job: Job, metrics: list[Metric]) -> pd.DataFrame | None:
     """
     rows = []
     for m in metrics:
-        if m.loss is not None:
-            rows.append({"step": m.step, "value": m.loss, "series": "loss"})
-        if m.eval_loss is not None:
-            rows.append({"step": m.step, "value": m.eval_loss, "series": "eval loss"})
+        for field, label in CURVES[plot]:
+            value = getattr(m, field)
+            if value is not None:
+                rows.append({"step": m.step, "value": value, "series": label})
     if not rows:
         return None
-    series = ["loss"]
-    if job.spec.get("training", {}).get("eval_fraction"):
-        series.append("eval loss")
+    series = [label for field, label in CURVES[plot]]
+    if plot == "loss" and not job.spec.get("training", {}).get("eval_fraction"):
+        series = [s for s in series if s != "eval loss" or any(r["series"] == s for r in rows)]
     present = {r["series"] for r in rows}
     rows += [
         {"step": rows[0]["step"], "value": float("nan"), "series": name}
@@ -117,97 +186,211 @@ def curves(job: Job, metrics: list[Metric]) -> pd.DataFrame | None:
     return frame.astype({"step": "int64", "value": "float64", "series": "string"})
 
 
-def on_jobs_tick(settings: Settings, selected: str | None):
-    store = actions.settled_store(settings)
-    jobs = store.list_jobs()
-    ids = [j.id for j in jobs]
+def samples_html(samples: list[Sample]) -> str:
+    """Each fixed prompt: the base model's answer (step 0) beside the newest answers."""
+    if not samples:
+        return "<p><small>Sample answers appear here as the job trains.</small></p>"
+    steps = sorted({s.step for s in samples})
+    shown = ([0] if 0 in steps else []) + [s for s in steps if s][-3:]
+    by_key = {(s.step, s.prompt_index): s for s in samples}
+    prompts = sorted({(s.prompt_index, s.prompt) for s in samples})
+    head = "".join(f"<th>{'base model' if step == 0 else f'step {step}'}</th>" for step in shown)
+    rows = []
+    for index, prompt in prompts:
+        cells = "".join(
+            f"<td>{html.escape(by_key[(step, index)].text) if (step, index) in by_key else ''}</td>"
+            for step in shown
+        )
+        rows.append(f"<tr><td><b>{html.escape(prompt[:300])}</b></td>{cells}</tr>")
+    return (
+        '<table class="job-samples"><thead><tr><th>prompt</th>'
+        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def on_jobs_tick(settings: Settings, selected: str | None, state_filter: str | None):
+    """Everything the tab shows, read from storage: the table, and the selected job's view."""
+    store = job_actions.settled_store(settings)
+    jobs = job_actions.list_jobs(
+        settings, None if state_filter in (None, ALL_STATES) else state_filter
+    )
+    ids = [j["job_id"] for j in jobs]
     if selected not in ids:
         selected = ids[0] if ids else None
-    choices = [(f"{j.name} · {j.state.value} · {j.id}", j.id) for j in jobs]
+    choices = [(f"{j['name']} · {j['status']} · {j['job_id']}", j["job_id"]) for j in jobs]
     if selected is None:
+        empty = "No jobs yet." if state_filter in (None, ALL_STATES) else "No jobs in this state."
         return (
             jobs_rows(jobs),
             gr.update(choices=choices, value=None),
-            "No jobs yet.",
-            None,
+            empty,
+            *[None for _ in CURVES],
+            samples_html([]),
             "",
             "",
-            gr.update(interactive=False),
+            "",
+            *button_states(None, False),
         )
-    job = next(j for j in jobs if j.id == selected)
+    info = next(j for j in jobs if j["job_id"] == selected)
+    job = store.get_job(selected)
     metrics = store.list_metrics(job.id)
     error = ""
     if job.error:
         error = f"**{job.error}**"
         if job.error_detail:
             error += f"\n\n```\n{job.error_detail[-3000:]}\n```"
+    log = "\n".join(job_actions.job_log(settings, job.id, LOG_LINES)["lines"])
     return (
         jobs_rows(jobs),
         gr.update(choices=choices, value=selected),
-        progress_html(job, metrics),
-        curves(job, metrics),
+        progress_html(job, metrics, info["position"]),
+        *[curves(job, metrics, plot) for plot in CURVES],
+        samples_html(store.list_samples(job.id)),
+        log,
         json.dumps(job.spec, indent=2),
         error,
-        gr.update(interactive=not job.state.finished),
+        *button_states(job, info["resumable"]),
     )
 
 
-def on_cancel_click(settings: Settings, job_id: str | None) -> str:
+def button_states(job: Job | None, resumable: bool) -> list:
+    """Up, down, top, cancel, resume, retry, clone, delete: what the job's state allows."""
+    state = job.state if job else None
+    queued = state == JobState.QUEUED
+    stopped = state in job_actions.RESUMABLE
+    return [
+        gr.update(interactive=queued),
+        gr.update(interactive=queued),
+        gr.update(interactive=queued),
+        gr.update(interactive=state in (JobState.QUEUED, JobState.RUNNING)),
+        gr.update(interactive=stopped and resumable),
+        gr.update(interactive=stopped),
+        gr.update(interactive=job is not None),
+        gr.update(interactive=job is not None and state != JobState.RUNNING),
+    ]
+
+
+def on_action_click(settings: Settings, action: str, job_id: str | None) -> str:
+    """One button's action on the selected job; the message says what happened or why not."""
     if not job_id:
         return "Select a job first."
     try:
-        result = actions.cancel_job(settings, job_id)
+        if action in ("up", "down", "top"):
+            info = job_actions.move_job(settings, job_id, action)
+            return f"Job `{job_id}` is number {info['position']} in the queue."
+        if action == "cancel":
+            result = job_actions.cancel_job(settings, job_id)
+            if result["status"] == JobState.CANCELLED:
+                return f"Job `{job_id}` was cancelled before it started."
+            return f"Job `{job_id}` will stop after its current step and keep a checkpoint."
+        if action == "resume":
+            info = job_actions.resume_job(settings, job_id)
+            return f"Job `{job_id}` is queued again; it resumes from {info['checkpoint']}."
+        if action == "retry":
+            started = job_actions.retry_job(settings, job_id)
+            return f"Retrying as job `{started['job_id']}`, from the start."
+        if action == "delete":
+            job_actions.delete_job(settings, job_id)
+            return f"Job `{job_id}` was deleted with its files. An adapter it wrote stays."
     except (ValueError, LookupError) as exc:
-        return f"**Cannot cancel.** {exc}"
-    if result["status"] == JobState.CANCELLED:
-        return f"Job `{job_id}` was cancelled before it started."
-    return f"Job `{job_id}` will stop after its current step and keep its weights."
+        return f"**Cannot {action}.** {exc}"
+    raise ValueError(f"unknown action {action}")
 
 
 def build_jobs_tab(settings: Settings) -> JobsTab:
+    with gr.Row():
+        state_radio = gr.Radio(
+            [ALL_STATES, *(s.value for s in JobState)], value=ALL_STATES, label="Show", scale=3
+        )
     jobs_table = gr.Dataframe(
-        headers=["name", "id", "state", "step", "created"],
-        label="Jobs",
+        headers=COLUMNS,
+        label="Jobs (# is the place in the queue)",
         interactive=False,
+        wrap=True,
     )
     job_dropdown = gr.Dropdown(label="Job", choices=[], allow_custom_value=True)
+    with gr.Row():
+        up_button = gr.Button("Move up", size="sm", interactive=False)
+        down_button = gr.Button("Move down", size="sm", interactive=False)
+        top_button = gr.Button("Run next", size="sm", interactive=False)
+        cancel_button = gr.Button("Cancel job", variant="stop", size="sm", interactive=False)
+        resume_button = gr.Button("Resume", size="sm", interactive=False)
+        retry_button = gr.Button("Retry", size="sm", interactive=False)
+        clone_button = gr.Button("Clone into the Train form", size="sm", interactive=False)
+        delete_button = gr.Button("Delete…", size="sm", interactive=False)
+    with gr.Row(visible=False) as confirm_row:
+        confirm_md = gr.Markdown()
+        confirm_button = gr.Button("Delete the job and its files", variant="stop", size="sm")
+        keep_button = gr.Button("Keep it", size="sm")
+    action_md = gr.Markdown()
     progress = gr.HTML()
+    plots = []
     with gr.Row():
-        loss_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="series",
-            title="Loss",
-            label="Loss curve",
-        )
+        for plot in list(CURVES)[:2]:
+            plots.append(gr.LinePlot(x="step", y="value", color="series", title=plot, label=plot))
     with gr.Row():
-        cancel_button = gr.Button("Cancel job", variant="stop", interactive=False)
-        cancel_md = gr.Markdown()
+        for plot in list(CURVES)[2:]:
+            plots.append(gr.LinePlot(x="step", y="value", color="series", title=plot, label=plot))
+    samples = gr.HTML(label="Sample answers")
     error_md = gr.Markdown()
+    log_code = gr.Code(label=f"Log (last {LOG_LINES} lines)", language=None, lines=8)
     recipe_code = gr.Code(label="Recipe (the job's spec)", language="json")
     timer = gr.Timer(REFRESH_S)
+    buttons = [
+        up_button,
+        down_button,
+        top_button,
+        cancel_button,
+        resume_button,
+        retry_button,
+        clone_button,
+        delete_button,
+    ]
     outputs = [
         jobs_table,
         job_dropdown,
         progress,
-        loss_plot,
+        *plots,
+        samples,
+        log_code,
         recipe_code,
         error_md,
-        cancel_button,
+        *buttons,
     ]
     refresh = {
-        "fn": lambda s: on_jobs_tick(settings, s),
-        "inputs": [job_dropdown],
+        "fn": lambda s, f: on_jobs_tick(settings, s, f),
+        "inputs": [job_dropdown, state_radio],
         "outputs": outputs,
         "api_visibility": "private",
         "show_progress": "hidden",
     }
     timer.tick(**refresh)
     job_dropdown.input(**refresh)
-    cancel_button.click(
-        lambda j: on_cancel_click(settings, j),
+    state_radio.input(**refresh)
+    for button, action in zip(
+        [up_button, down_button, top_button, cancel_button, resume_button, retry_button],
+        ["up", "down", "top", "cancel", "resume", "retry"],
+        strict=True,
+    ):
+        button.click(
+            lambda j, a=action: on_action_click(settings, a, j),
+            inputs=[job_dropdown],
+            outputs=[action_md],
+            api_visibility="private",
+        ).then(**refresh)
+    delete_button.click(
+        lambda j: (gr.update(visible=True), f"Delete job `{j}`, its log, checkpoints and curves?"),
         inputs=[job_dropdown],
-        outputs=[cancel_md],
+        outputs=[confirm_row, confirm_md],
         api_visibility="private",
     )
-    return JobsTab(job_dropdown=job_dropdown, timer=timer)
+    keep_button.click(
+        lambda: gr.update(visible=False), outputs=[confirm_row], api_visibility="private"
+    )
+    confirm_button.click(
+        lambda j: (gr.update(visible=False), on_action_click(settings, "delete", j)),
+        inputs=[job_dropdown],
+        outputs=[confirm_row, action_md],
+        api_visibility="private",
+    ).then(**refresh)
+    return JobsTab(job_dropdown=job_dropdown, clone_button=clone_button, timer=timer)

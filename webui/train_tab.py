@@ -18,6 +18,8 @@ from webui import actions
 from webui.data_tab import dataset_choices
 from webui.forms import base_model_dropdown, field_component, read_values
 
+NEW_ADAPTER = "(a new adapter)"
+
 # A first run of a few minutes on a CPU with the bundled model; the API's defaults stay neutral.
 FORM_DEFAULTS = {"max_steps": 30, "batch_size": 8}
 
@@ -27,6 +29,7 @@ class TrainForm:
     base_model: gr.Dropdown
     dataset: gr.Dropdown
     method: gr.Dropdown
+    from_adapter: gr.Dropdown
     name: gr.Textbox
     method_inputs: dict[str, dict[str, Any]]  # method id -> field name -> component
     method_groups: dict[str, Any]  # method id -> its group of fields (shown when chosen)
@@ -41,6 +44,7 @@ class TrainForm:
             self.base_model,
             self.dataset,
             self.method,
+            self.from_adapter,
             self.name,
             *(c for fields in self.method_inputs.values() for c in fields.values()),
             *self.training_inputs.values(),
@@ -58,7 +62,35 @@ def read_form(form: TrainForm, data: dict) -> dict[str, Any]:
         ),
         "training": read_values(TRAINING_FIELDS, form.training_inputs, data),
         "name": data[form.name] or None,
+        "from_adapter": None
+        if data[form.from_adapter] in (None, NEW_ADAPTER)
+        else data[form.from_adapter],
     }
+
+
+def fill_form(settings: Settings, form: TrainForm, spec: dict) -> dict:
+    """The form set to a spec (a cloned job's): {component: update}."""
+    method = spec.get("method", "lora")
+    updates = {
+        form.base_model: gr.update(value=spec.get("base_model")),
+        form.dataset: gr.update(choices=dataset_choices(settings), value=spec.get("dataset_id")),
+        form.method: gr.update(value=method),
+        form.from_adapter: gr.update(
+            choices=adapter_start_choices(settings), value=spec.get("from_adapter") or NEW_ADAPTER
+        ),
+        form.name: gr.update(value=spec.get("name") or ""),
+    }
+    params = spec.get("method_params", {})
+    for name, component in form.method_inputs.get(method, {}).items():
+        if name in params:
+            value = params[name]
+            extra = {"choices": value} if isinstance(value, list) else {}  # a picker's own
+            updates[component] = gr.update(value=value, **extra)
+    for name, component in form.training_inputs.items():
+        if name in spec.get("training", {}):
+            value = spec["training"][name]
+            updates[component] = gr.update(value=0 if value is None else value)
+    return updates
 
 
 def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
@@ -127,6 +159,14 @@ def on_start_click(settings: Settings, form: TrainForm, data: dict) -> str:
 
 
 TARGET_PRESETS = ("attention (q, k, v, o)", "all linear layers", "custom")
+
+
+def adapter_start_choices(settings: Settings) -> list[tuple[str, str]]:
+    """A new adapter, or any adapter of ours to train further."""
+    adapters = Store(settings.data_dir).list_adapters()
+    return [(NEW_ADAPTER, NEW_ADAPTER)] + [
+        (f"{a.name} · {a.method} · {a.id}", a.id) for a in adapters
+    ]
 
 
 def on_base_model_change(settings: Settings, base_model: str, *current: list[str]) -> list:
@@ -204,6 +244,13 @@ def build_train_tab(settings: Settings) -> TrainForm:
             value="lora",
             label="Method",
         )
+    from_adapter = gr.Dropdown(
+        choices=adapter_start_choices(settings),
+        value=NEW_ADAPTER,
+        label="Start from",
+        info="A new adapter, or one of yours trained further (on this data, for the epochs or "
+        "steps below): its method and settings are kept.",
+    )
     method_md = gr.Markdown(method_description("lora"))
     method_inputs: dict[str, dict[str, Any]] = {}
     method_groups: dict[str, Any] = {}
@@ -233,6 +280,7 @@ def build_train_tab(settings: Settings) -> TrainForm:
         base_model=base_model,
         dataset=dataset,
         method=method,
+        from_adapter=from_adapter,
         name=name,
         method_inputs=method_inputs,
         method_groups=method_groups,
@@ -276,6 +324,7 @@ def build_train_tab(settings: Settings) -> TrainForm:
             base_model.change,
             dataset.change,
             method.change,
+            from_adapter.change,
             *(c.change for fields in method_inputs.values() for c in fields.values()),
             *(c.change for c in training_inputs.values()),
         ],

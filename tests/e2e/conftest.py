@@ -48,7 +48,11 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 12
 
 
 def launch_app(
-    data_dir: Path, models_dir: Path, log: Path, new_session: bool = False
+    data_dir: Path,
+    models_dir: Path,
+    log: Path,
+    new_session: bool = False,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen, str]:
     """`python app.py` on a free port, one torch thread; returns the process once it answers."""
     port = free_port()
@@ -69,6 +73,7 @@ def launch_app(
                 str(data_dir),
                 "--models-dir",
                 str(models_dir),
+                *extra_args,
             ],
             cwd=PROJECT_ROOT,
             env=env,

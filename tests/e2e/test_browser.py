@@ -141,7 +141,7 @@ def user_flow(page, app: LaunchedApp, tmp_path: Path) -> None:
     )
     expect(page.get_by_role("grid", name="Jobs")).to_contain_text(job_id)
     # The curve is drawn: a stroked line through two points at least (M…L…), with a legend.
-    plot = page.get_by_label("Vega visualization", exact=True)
+    plot = page.get_by_label("Vega visualization", exact=True).first  # the loss plot comes first
     expect(plot).to_be_visible()
     expect(plot.locator("g.mark-line path[d*='L'][stroke]").first).to_be_attached()
     legend = plot.locator("g.role-legend-label text").first

@@ -1,4 +1,4 @@
-"""Ctrl-C on `python app.py` while a job trains: everything stops, the job keeps its weights."""
+"""Ctrl-C on `python app.py` while a job trains, then a restart: nothing stored changes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tests.e2e.conftest import launch_app
 pytestmark = pytest.mark.e2e
 
 
-def test_ctrl_c_interrupts_the_job_and_keeps_a_checkpoint(tmp_path, tiny_model):
+def test_ctrl_c_then_a_restart_keeps_jobs_curves_and_queue(tmp_path, tiny_model):
     data_dir, log = tmp_path / "data", tmp_path / "app.log"
     # In a session of its own, as in a terminal: SIGINT to the group is Ctrl-C.
     app, url = launch_app(data_dir, tmp_path / "models", log, new_session=True)
@@ -28,6 +28,8 @@ def test_ctrl_c_interrupts_the_job_and_keeps_a_checkpoint(tmp_path, tiny_model):
             "training": {"max_steps": 100000, "batch_size": 4, "max_length": 96},
         }
         job_id = client.predict(spec, api_name="/start_job")["job_id"]
+        waiting = [client.predict(spec, api_name="/start_job")["job_id"] for _ in range(2)]
+        client.predict(waiting[1], 3, api_name="/set_priority")  # the later one runs first
         deadline = time.monotonic() + 120
         while client.predict(job_id, api_name="/job_status")["step"] < 2:
             assert time.monotonic() < deadline, "the job did not reach step 2"
@@ -45,3 +47,22 @@ def test_ctrl_c_interrupts_the_job_and_keeps_a_checkpoint(tmp_path, tiny_model):
     assert job.state == JobState.INTERRUPTED, job.error
     assert job.checkpoint and job.checkpoint in job.error
     assert (store.job_dir(job_id) / job.checkpoint / "adapter_model.safetensors").is_file()
+    assert store.queue_order() == [waiting[1], waiting[0]]
+    jobs_before = store.list_jobs()
+    curve_before = store.list_metrics(job_id)
+
+    # Restarted (the UI alone, so no worker moves the queue while we look): the same truth.
+    app, url = launch_app(data_dir, tmp_path / "models", log, extra_args=("--no-worker",))
+    try:
+        client = Client(url, verbose=False)
+        listed = {j["job_id"]: j for j in client.predict(api_name="/list_jobs")}
+        assert set(listed) == {job_id, *waiting}
+        assert (listed[waiting[1]]["position"], listed[waiting[0]]["position"]) == (1, 2)
+        assert listed[job_id]["status"] == "interrupted" and listed[job_id]["resumable"]
+        assert listed[job_id]["step"] == job.step and listed[job_id]["checkpoint"] == job.checkpoint
+        assert store.list_jobs() == jobs_before and store.list_metrics(job_id) == curve_before
+        resumed = client.predict(job_id, api_name="/resume_job")
+        assert resumed["status"] == "queued" and resumed["checkpoint"] == job.checkpoint
+    finally:
+        app.terminate()
+        app.wait(timeout=60)
