@@ -75,7 +75,7 @@ class EmbeddedWorker:
 
 
 def serve(settings: Settings, with_worker: bool) -> None:
-    Store(settings.data_dir).init()
+    Store(settings.data_dir).init(settings.db_journal)
     worker = EmbeddedWorker(settings) if with_worker else None
 
     def stop(signum, frame):

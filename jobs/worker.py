@@ -14,7 +14,7 @@ def run_worker(settings: Settings) -> None:
     """Blocks until SIGINT/SIGTERM. Each job runs in its own child process (jobs.runner)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     store = Store(settings.data_dir)
-    store.init()
+    store.init(settings.db_journal)
     stale = store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
     if stale:
         logging.info("marked interrupted (stale heartbeat): %s", ", ".join(stale))

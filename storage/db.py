@@ -128,12 +128,21 @@ def connect(path: Path, write: bool = True) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def migrate(path: Path) -> int:
-    """Create or upgrade the database; returns the schema version now in force."""
+JOURNAL_MODES = ("wal", "delete")
+
+
+def migrate(path: Path, journal: str = "wal") -> int:
+    """Create or upgrade the database; returns the schema version now in force.
+
+    journal: wal (readers never wait for writers; every process must be on one host) or delete
+    (the rollback journal, for a database on a network filesystem shared by several machines).
+    """
+    if journal not in JOURNAL_MODES:
+        raise ValueError(f"ADAPTERLAB_DB_JOURNAL: must be wal or delete, got {journal!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA journal_mode = {journal.upper()}")
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("BEGIN IMMEDIATE")
         version = conn.execute("PRAGMA user_version").fetchone()[0]

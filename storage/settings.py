@@ -28,6 +28,9 @@ class Settings:
     gpus: str = ""  # a worker's GPU ids, "0" or "0,1"; empty: every GPU it can see
     queue_url: str = ""  # empty: SQLite in the data dir; redis://host:port/db: a shared queue
     report_to: str = "tensorboard"  # training loggers: tensorboard, wandb, mlflow (comma list)
+    # app.db's journal: wal (one machine) or delete (a data dir on a network filesystem shared
+    # by several machines: SQLite's WAL needs every process on the same host)
+    db_journal: str = "wal"
 
     @property
     def queue_path(self) -> Path:

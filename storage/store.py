@@ -179,10 +179,10 @@ class Store:
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / "app.db"
 
-    def init(self) -> None:
+    def init(self, journal: str = "wal") -> None:
         for sub in ("datasets", "jobs", "adapters", "tmp"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
-        migrate(self.db_path)
+        migrate(self.db_path, journal)
         self._sweep_tmp()
 
     def _sweep_tmp(self, older_than_s: float = 86400.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 
@@ -159,3 +160,19 @@ def test_init_sweeps_old_staging_only(store):
     os.utime(old, (day_ago, day_ago))
     store.init()
     assert not old.exists() and new.exists(), "another process may be writing the new one"
+
+
+def test_the_journal_mode_follows_the_setting(tmp_path):
+    """WAL on one machine; the rollback journal for a data dir shared over a network filesystem."""
+    store = Store(tmp_path / "data")
+    store.init()
+
+    def mode() -> str:
+        with contextlib.closing(sqlite3.connect(store.db_path)) as db:
+            return db.execute("PRAGMA journal_mode").fetchone()[0]
+
+    assert mode() == "wal"
+    store.init("delete")
+    assert mode() == "delete"
+    with pytest.raises(ValueError, match="ADAPTERLAB_DB_JOURNAL: must be wal or delete"):
+        store.init("memory")
