@@ -44,6 +44,7 @@ bench: setup model
 	$(PY) bench/dataset_load.py --models-dir $(MODELS_DIR)
 	$(PY) bench/methods.py --models-dir $(MODELS_DIR)
 	$(PY) bench/job_queue.py
+	$(PY) bench/playground.py --models-dir $(MODELS_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,10 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int = 0
     system_prompt: str = ""
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these it writes
+
+
+Turn = dict  # {"role": "user" | "assistant", "content": str}
 
 
 @dataclass
@@ -128,63 +134,202 @@ class ModelCache:
         trust_remote_code: bool = False,
     ) -> list[dict]:
         """One answer per entry: None is the base model, (name, folder) an adapter."""
+        chat = [{"role": "user", "content": prompt}]
+        answers = []
+        for entry in adapters:
+            *_, last = self.stream(model_path, entry, chat, params, trust_remote_code)
+            answers.append(last)
+        return answers
+
+    def stream(
+        self,
+        model_path: str,
+        entry: tuple[str, Path] | None,
+        chat: list[Turn],
+        params: GenerationParams,
+        trust_remote_code: bool = False,
+    ) -> Iterator[dict]:
+        """The answer of the base (None) or one adapter to a chat, as it grows: dicts with the
+        text so far; the last one has the final text, seconds and tokens/s. The model stays
+        locked to this answer until it is done (no adapter switch under it)."""
+        with self.using(model_path, entry, trust_remote_code) as (model, tokenizer, task):
+            yield from _answer(model, tokenizer, task, entry, chat, params)
+
+    @contextlib.contextmanager
+    def using(
+        self, model_path: str, entry: tuple[str, Path] | None, trust_remote_code: bool = False
+    ) -> Iterator[tuple[object, object, str]]:
+        """(model, tokenizer, task) answering as the base (None) or the adapter, held for this
+        caller alone until the block ends."""
         with self._lock:
             loaded = self._get(model_path, trust_remote_code)
-            answers = []
-            for entry in adapters:  # each answered as soon as loaded: an own model may be
-                if entry is not None:  # evicted to make room for the next one
-                    self._ensure_adapter(loaded, *entry, model_path, trust_remote_code)
-                answers.append(self._answer(loaded, entry, prompt, params))
-            return answers
+            name = None if entry is None else entry[0]
+            if entry is not None:
+                self._ensure_adapter(loaded, *entry, model_path, trust_remote_code)
+            model = loaded.own.get(name) if name is not None else None
+            context = contextlib.nullcontext()
+            if model is None:
+                model = loaded.model
+                if name is None and loaded.adapters:
+                    context = model.disable_adapter()
+                elif name is not None:
+                    model.set_adapter(name)
+            with context:
+                yield model, loaded.tokenizer, loaded.task
 
-    def _answer(self, loaded: _Loaded, entry, prompt: str, params: GenerationParams) -> dict:
-        import contextlib
+    def unload(self) -> int:
+        """Drop every loaded model (the memory goes back); returns how many bases were held."""
+        with self._lock:
+            count = len(self._models)
+            self._models.clear()
+        import gc
 
-        import torch
+        gc.collect()
+        return count
 
-        tokenizer = loaded.tokenizer
-        own = loaded.own.get(entry[0]) if entry is not None else None
-        model = own if own is not None else loaded.model
-        if loaded.task == SEQ_CLS:
-            return _classify(model, tokenizer, entry, prompt)
-        if loaded.task == SEQ_2_SEQ_LM:  # the input as trained: the user's text alone
-            inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-        else:
-            messages = [{"role": "user", "content": prompt}]
-            if params.system_prompt.strip():
-                messages.insert(0, {"role": "system", "content": params.system_prompt.strip()})
-            inputs = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            ).to(model.device)
-        context = contextlib.nullcontext()
-        if entry is None and loaded.adapters:
-            context = model.disable_adapter()
-        elif entry is not None and entry[0] in loaded.adapters:
-            model.set_adapter(entry[0])
-        torch.manual_seed(params.seed)
-        sampling = params.temperature > 0
-        start = time.perf_counter()
-        with context, torch.inference_mode():
-            output = model.generate(
-                **inputs,
-                max_new_tokens=params.max_new_tokens,
-                do_sample=sampling,
-                temperature=params.temperature if sampling else None,
-                top_p=params.top_p if sampling else None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id
-                if tokenizer.pad_token_id is not None
-                else tokenizer.eos_token_id,
-            )
-        seconds = time.perf_counter() - start
-        prompt_length = 0 if loaded.task == SEQ_2_SEQ_LM else inputs["input_ids"].shape[1]
-        new_tokens = output[0][prompt_length:]
-        return {
-            "adapter": None if entry is None else entry[0],
-            "text": tokenizer.decode(new_tokens, skip_special_tokens=True).strip(),
-            "seconds": round(seconds, 3),
-            "tokens_per_s": round(len(new_tokens) / seconds, 2) if seconds > 0 else None,
-        }
+    def loaded(self) -> list[dict]:
+        """What is held now: each base with its switched adapters and models of their own."""
+        with self._lock:
+            return [
+                {
+                    "base_model": path,
+                    "adapters": sorted(item.adapters),
+                    "own_models": list(item.own),
+                    "megabytes": round(_megabytes(item), 1),
+                }
+                for path, item in self._models.items()
+            ]
+
+
+def _answer(
+    model, tokenizer, task: str, entry, chat: list[Turn], params: GenerationParams
+) -> Iterator[dict]:
+    import torch
+
+    name = None if entry is None else entry[0]
+    if task == SEQ_CLS:
+        yield _classify(model, tokenizer, entry, chat[-1]["content"])
+        return
+    if task == SEQ_2_SEQ_LM:  # the input as trained: the user's text alone
+        inputs = tokenizer(chat[-1]["content"], return_tensors="pt").to(model.device)
+    else:
+        messages = list(chat)
+        if params.system_prompt.strip():
+            messages.insert(0, {"role": "system", "content": params.system_prompt.strip()})
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(model.device)
+    torch.manual_seed(params.seed)
+    sampling = params.temperature > 0
+    prompt_length = 0 if task == SEQ_2_SEQ_LM else inputs["input_ids"].shape[1]
+    streamer = _Streamer(tokenizer, prompt_length, task == SEQ_2_SEQ_LM)
+    arguments = dict(
+        **inputs,
+        max_new_tokens=params.max_new_tokens,
+        do_sample=sampling,
+        temperature=params.temperature if sampling else None,
+        top_p=params.top_p if sampling else None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else tokenizer.eos_token_id,
+        streamer=streamer,
+    )
+    if params.stop:
+        arguments.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(**arguments)
+        except _Cancelled:
+            pass
+        except BaseException as exc:  # shown to the caller, not lost in the thread
+            failure.append(exc)
+        finally:
+            streamer.close()
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        for text in streamer:
+            yield {"adapter": name, "text": _cut(text, params.stop), "done": False}
+    finally:  # a reader that gives up (a closed page) stops the generation before the model
+        streamer.cancelled = True  # is handed to anyone else
+        thread.join()
+    if failure:
+        raise failure[0]
+    seconds = time.perf_counter() - start
+    tokens = streamer.tokens
+    yield {
+        "adapter": name,
+        "text": _cut(streamer.text(), params.stop),
+        "seconds": round(seconds, 3),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
+        "done": True,
+    }
+
+
+class _Cancelled(Exception):
+    """The reader of a streamed answer went away."""
+
+
+class _Streamer:
+    """Collects new tokens from generate (a streamer: put / end) and hands out the text so far
+    to the reading thread, at most one update per new token."""
+
+    def __init__(self, tokenizer, prompt_length: int, seq2seq: bool):
+        import queue
+
+        self.tokenizer, self.skip, self.seq2seq = tokenizer, prompt_length, seq2seq
+        self.ids: list[int] = []
+        self.tokens = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._first = True
+        self.cancelled = False
+
+    def put(self, value) -> None:
+        if self.cancelled:  # raised in generate's thread: it ends there
+            raise _Cancelled
+        ids = value.reshape(-1).tolist()
+        if self._first:  # the prompt (decoder-only) or the start token (seq2seq) comes first
+            self._first = False
+            if self.seq2seq or len(ids) == self.skip:
+                return
+            ids = ids[self.skip :]
+        self.ids.extend(ids)
+        self.tokens += len(ids)
+        self._queue.put(self.text())
+
+    def end(self) -> None:
+        pass
+
+    def __deepcopy__(self, memo) -> _Streamer:  # PEFT deep-copies generate's kwargs for some
+        return self  # adapters (seq2seq soft prompts): the copy must still reach the reader
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+
+    def __iter__(self):
+        while (item := self._queue.get()) is not None:
+            yield item
+
+
+def _cut(text: str, stop: tuple[str, ...]) -> str:
+    """The text before the first stop string in it (generate stops after writing one)."""
+    ends = [text.find(s) for s in stop if s and s in text]
+    return text[: min(ends)].rstrip() if ends else text
+
+
+def _megabytes(loaded: _Loaded) -> float:
+    models = [loaded.model, *loaded.own.values()]
+    return sum(p.numel() * p.element_size() for m in models for p in m.parameters()) / 2**20
 
 
 def _classify(model, tokenizer, entry, text: str) -> dict:
@@ -198,6 +343,7 @@ def _classify(model, tokenizer, entry, text: str) -> dict:
             "seconds": 0.0,
             "tokens_per_s": None,
             "text": "(the base encoder has no trained classification head)",
+            "done": True,
         }
     start = time.perf_counter()
     with torch.inference_mode():
@@ -210,4 +356,5 @@ def _classify(model, tokenizer, entry, text: str) -> dict:
         "text": f"{labels.get(best, best)} ({probabilities[best]:.0%})",
         "seconds": round(time.perf_counter() - start, 3),
         "tokens_per_s": None,
+        "done": True,
     }

@@ -97,19 +97,25 @@ def handle_sigterm(store: Store, job_id: str, reporter: StoreReporter) -> None:
             return
         if isinstance(reporter, PeerReporter):  # the first process settles the job
             os._exit(1)
+        kind = store.get_job(job_id).kind
         if stopped_state(store, job_id) == JobState.CANCELLED:
-            store.finish_job(job_id, JobState.CANCELLED, _CANCELLED_BEFORE)
+            store.finish_job(job_id, JobState.CANCELLED, _CANCELLED_BEFORE[kind == "train"])
         else:
-            store.finish_job(job_id, JobState.INTERRUPTED, _SHUTDOWN_BEFORE)
+            store.finish_job(job_id, JobState.INTERRUPTED, _SHUTDOWN_BEFORE[kind == "train"])
         os._exit(1)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-_SHUTDOWN_BEFORE = "The worker or the app stopped before training began; nothing was lost."
+# [a job that does not train, a training job]
+_SHUTDOWN_BEFORE = (
+    "The worker or the app stopped while the job ran; retry it.",
+    "The worker or the app stopped before training began; nothing was lost.",
+)
 _CANCELLED_BEFORE = (
+    "Cancelled while it ran; retry it to start again.",
     "Cancelled before training began, while the model or the data was still loading "
-    "(a download in progress stops with it); retry it to start again."
+    "(a download in progress stops with it); retry it to start again.",
 )
 
 
@@ -263,7 +269,12 @@ def main() -> None:
     stop_with_parent()
     if os.getppid() == 1:  # the worker died before the line above took effect
         os.kill(os.getpid(), signal.SIGTERM)
-    state = run(settings, job_id, reporter)
+    if store.get_job(job_id).kind == "train":
+        state = run(settings, job_id, reporter)
+    else:
+        from jobs.hub_runs import run_hub_job
+
+        state = run_hub_job(settings, job_id, reporter)
     code = 0 if state in (JobState.SUCCEEDED, JobState.CANCELLED) else 1
     if not set(settings.loggers()) & {"wandb", "mlflow"}:
         # The job is settled and its files are written; tearing down torch and friends at exit

@@ -66,10 +66,11 @@ def submit_job(
     dataset_id: str | None,
     gpus: int = 1,
     priority: int = 0,
+    kind: str = "train",
 ) -> Job:
     """Record the job as queued, then wake a worker."""
     store = Store(settings.data_dir)
-    job = store.add_job(name=name, spec=spec, dataset_id=dataset_id, gpus=gpus, priority=priority)
+    job = store.add_job(name, spec, dataset_id, gpus=gpus, priority=priority, kind=kind)
     try:
         wake(settings)
     except Exception as exc:  # a queued row no worker hears of would wait until one starts

@@ -103,6 +103,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX samples_job ON samples(job_id, step);
     """,
+    # 6: where an adapter came from (trained here, combined from others, imported); jobs that
+    # do not train (evaluate, merge) and what they found; evaluation scores per adapter
+    """
+    ALTER TABLE adapters ADD COLUMN origin TEXT NOT NULL DEFAULT 'trained';
+    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train';  -- train, evaluate, merge
+    ALTER TABLE jobs ADD COLUMN result TEXT;  -- JSON: what an evaluate or merge job found
+    CREATE TABLE evaluations (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        adapter_id TEXT,                 -- null: the base model
+        base_model TEXT NOT NULL,
+        dataset_id TEXT NOT NULL,
+        metric TEXT NOT NULL,            -- exact_match, accuracy, rougeL, perplexity, ...
+        value REAL,
+        rows INTEGER NOT NULL,
+        seconds REAL,                    -- answering all rows
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX evaluations_adapter ON evaluations(adapter_id, created_at);
+    """,
 ]
 
 

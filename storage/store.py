@@ -113,6 +113,8 @@ class Job:
     resume_from: str | None = None
     runs: int = 0
     worker: str | None = None
+    kind: str = "train"  # train, evaluate, merge
+    result: dict | None = None  # what an evaluate or merge job found
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ class Adapter:
     total_params: int | None
     size_bytes: int | None
     created_at: float
+    origin: str = "trained"  # trained, combined or imported
 
 
 _DATASET_JSON = ("columns", "warnings", "mapping", "sources", "stats")
@@ -163,6 +166,7 @@ def _job(row) -> Job:
     d["state"] = JobState(d["state"])
     d["spec"] = json.loads(d["spec"])
     d["cancel_requested"] = bool(d["cancel_requested"])
+    d["result"] = json.loads(d["result"]) if d.get("result") else None
     return _from_row(Job, d)
 
 
@@ -310,7 +314,13 @@ class Store:
 
     # ---- jobs ----
     def add_job(
-        self, name: str, spec: dict, dataset_id: str | None, gpus: int = 1, priority: int = 0
+        self,
+        name: str,
+        spec: dict,
+        dataset_id: str | None,
+        gpus: int = 1,
+        priority: int = 0,
+        kind: str = "train",
     ) -> Job:
         job_id = new_id("job")
         self.job_dir(job_id).mkdir(parents=True)
@@ -323,6 +333,7 @@ class Store:
             "created_at": time.time(),
             "gpus": gpus,
             "priority": priority,
+            "kind": kind,
         }
         try:
             with connect(self.db_path) as db:
@@ -514,6 +525,34 @@ class Store:
         with connect(self.db_path) as db:
             db.execute("DELETE FROM metrics WHERE job_id = ? AND step > ?", (job_id, step))
             db.execute("DELETE FROM samples WHERE job_id = ? AND step > ?", (job_id, step))
+
+    def set_result(self, job_id: str, result: dict) -> None:
+        with connect(self.db_path) as db:
+            db.execute("UPDATE jobs SET result = ? WHERE id = ?", (json.dumps(result), job_id))
+
+    def add_evaluations(self, job_id: str, rows: list[dict]) -> None:
+        """One row per (model, metric) an evaluation job scored."""
+        now = time.time()
+        with connect(self.db_path) as db:
+            db.execute("DELETE FROM evaluations WHERE job_id = ?", (job_id,))
+            for row in rows:
+                _insert(db, "evaluations", dict(row, job_id=job_id, created_at=now))
+
+    def job_evaluations(self, job_id: str) -> list[dict]:
+        with connect(self.db_path, write=False) as db:
+            rows = db.execute("SELECT * FROM evaluations WHERE job_id = ?", (job_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def latest_evaluations(self, adapter_ids: list[str | None]) -> dict[str | None, dict]:
+        """Each adapter's (None: a base model's) newest score per metric and dataset."""
+        with connect(self.db_path, write=False) as db:
+            rows = db.execute("SELECT * FROM evaluations ORDER BY created_at").fetchall()
+        found: dict[str | None, dict] = {}
+        for row in rows:
+            if row["adapter_id"] in adapter_ids:
+                key = (row["metric"], row["dataset_id"])
+                found.setdefault(row["adapter_id"], {})[key] = dict(row)
+        return found
 
     def add_samples(self, job_id: str, step: int, prompts: list[str], texts: list[str]) -> None:
         now = time.time()

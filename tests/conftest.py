@@ -55,6 +55,27 @@ def store(settings) -> Store:
     return Store(settings.data_dir)
 
 
+@pytest.fixture(scope="module")
+def worker_settings(tmp_path_factory, tiny_model) -> Settings:
+    """A data dir with a real worker process (app.py worker) taking its jobs, per module."""
+    from tests.test_jobs import new_settings, start_worker
+
+    root = tmp_path_factory.mktemp("jobs")
+    settings = new_settings(root)
+    worker = start_worker(settings, root / "worker.log")
+    yield settings
+    worker.terminate()
+    worker.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def dataset_id(worker_settings) -> str:
+    """The arithmetic sample, stored in worker_settings' data dir."""
+    from webui import data_actions
+
+    return data_actions.add_sample(worker_settings, "arithmetic")["id"]
+
+
 @pytest.fixture
 def offline_hub(monkeypatch):
     """Point the Hub at a closed local port: the real reachability probe fails at once."""

@@ -16,7 +16,7 @@ from finetune.samples import ARITHMETIC_SYSTEM
 from storage.settings import Settings
 from storage.store import JobState, Store
 from tests.conftest import PROJECT_ROOT
-from webui import actions, data_actions, job_actions
+from webui import actions, data_actions, job_actions, playground_actions
 
 TIMEOUT_S = 180
 
@@ -51,21 +51,6 @@ def new_settings(root) -> Settings:
     settings = Settings(data_dir=root / "data", models_dir=root / "models")
     Store(settings.data_dir).init()
     return settings
-
-
-@pytest.fixture(scope="module")
-def worker_settings(tmp_path_factory, tiny_model):
-    root = tmp_path_factory.mktemp("jobs")
-    settings = new_settings(root)
-    worker = start_worker(settings, root / "worker.log")
-    yield settings
-    worker.terminate()
-    worker.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def dataset_id(worker_settings):
-    return data_actions.add_sample(worker_settings, "arithmetic")["id"]
 
 
 def spec(tiny_model, dataset_id, **training):
@@ -122,7 +107,10 @@ def test_job_trains_in_a_child_and_writes_the_adapter(worker_settings, dataset_i
     assert "Trainable parameters" in card
     assert f'from_pretrained("{tiny_model}", dtype=torch.float32)' in card
     assert f'"content": "{ARITHMETIC_SYSTEM}"' in card, "the snippet prompts as training did"
-    assert actions.training_system_prompt(worker_settings, job.adapter_id) == ARITHMETIC_SYSTEM
+    assert (
+        playground_actions.training_system_prompt(worker_settings, job.adapter_id)
+        == ARITHMETIC_SYSTEM
+    )
     adapter = store.get_adapter(job.adapter_id)
     assert adapter.trainable_params == started["trainable_params"] and adapter.size_bytes > 0
     assert (store.job_dir(job.id) / "train.log").stat().st_size > 0

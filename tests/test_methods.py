@@ -88,10 +88,12 @@ def test_method_trains_reloads_and_answers(tiny_model, tmp_path, case):
 
     method = get_method(method_id)
     if method.can_merge:
-        merged_dir = merge_into_base(str(tiny_model), out, method_id, tmp_path / "merged")
+        merged_dir = tmp_path / "merged"
+        check = merge_into_base(str(tiny_model), out, method_id, merged_dir)
         merged = AutoModelForCausalLM.from_pretrained(merged_dir)
         assert not (merged_dir / "adapter_config.json").exists(), "a plain model folder"
         assert torch.allclose(last_logits(merged), logits, atol=1e-4), "merging keeps the output"
+        assert check["max_logit_diff"] < 1e-4 and "model.safetensors" in check["files"]
     else:
         with pytest.raises(ValueError, match="cannot be merged into the base: "):
             merge_into_base(str(tiny_model), out, method_id, tmp_path / "merged")

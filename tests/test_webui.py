@@ -18,7 +18,7 @@ from webui.data_tab import (
     read_mapping,
 )
 from webui.jobs_tab import COLUMNS, TICK_OUTPUTS, on_action_click, on_jobs_tick, progress_html
-from webui.playground_tab import on_generate_click
+from webui.playground_tab import on_send_click
 from webui.train_tab import build_train_tab, on_form_change, on_start_click, read_form
 
 API = {
@@ -43,6 +43,16 @@ API = {
     "delete_job",
     "job_log",
     "job_samples",
+    "combine_adapters",
+    "import_adapter",
+    "compare",
+    "unload_models",
+    "evaluate",
+    "evaluation_results",
+    "merge_adapter",
+    "tradeoffs",
+    "download_merged",
+    "push_to_hub",
 }
 
 
@@ -264,13 +274,41 @@ def test_progress_shows_the_pace_and_the_last_losses():
     assert "about 1 min 00 s left" in html and "loss 2 · eval loss 2.2" in html
 
 
+def send(settings, adapter_ids, prompt, chat=False, histories=None, base=True, stop=""):
+    """The playground's Generate handler, run to its last update."""
+    *_, last = on_send_click(
+        settings, "tiny", adapter_ids, base, prompt, "", 5, 0, 1, 0, stop, chat, histories or {}
+    )
+    status, histories, *chatbots = last
+    return status, histories, chatbots
+
+
 def test_playground_handler(with_tiny):
-    base, adapter = on_generate_click(with_tiny, "tiny", None, "What is 1 + 2?", "", 5, 0, 0)
-    assert "tokens/s" in base and adapter == "(pick an adapter to compare)"
-    base, _ = on_generate_click(with_tiny, "tiny", None, "  ", "", 5, 0, 0)
-    assert base == "Error: Type a prompt first."
-    base, _ = on_generate_click(with_tiny, "tiny", "ad-0123456789ab", "hi", "", 5, 0, 0)
-    assert base == "Error: adapter ad-0123456789ab does not exist"
+    status, histories, chatbots = send(with_tiny, [], "What is 1 + 2?")
+    assert status.startswith("| model | seconds") and "| Base model |" in status
+    assert chatbots[0]["visible"] and chatbots[0]["label"].startswith("Base model · ")
+    assert "tok/s" in chatbots[0]["label"]
+    assert [m["role"] for m in chatbots[0]["value"]] == ["user", "assistant"]
+    assert not any(c["visible"] for c in chatbots[1:])
+
+    # Chat mode keeps the history: the second turn answers after the first.
+    _, histories, _ = send(with_tiny, [], "What is 1 + 2?", chat=True)
+    _, histories, chatbots = send(with_tiny, [], "And 2 + 2?", chat=True, histories=histories)
+    assert [m["content"] for m in chatbots[0]["value"] if m["role"] == "user"] == [
+        "What is 1 + 2?",
+        "And 2 + 2?",
+    ]
+    _, _, chatbots = send(with_tiny, [], "Once", histories=histories)
+    assert len(chatbots[0]["value"]) == 2, "out of chat mode each prompt starts afresh"
+
+    status, _, _ = send(with_tiny, [], "  ")
+    assert status == "**Stopped.** Type a prompt first."
+    status, _, _ = send(with_tiny, ["ad-0123456789ab"], "hi")
+    assert status == "**Not sent.** adapter ad-0123456789ab does not exist"
+    status, _, _ = send(with_tiny, [], "hi", base=False)
+    assert status.startswith("**Not sent.** Pick adapters")
+    status, _, _ = send(with_tiny, [], "hi", stop="a,b,c,d,e")
+    assert "params.stop: at most 4" in status
 
 
 def test_status_readers_settle_jobs_whose_process_died(settings, store):
@@ -408,3 +446,24 @@ def test_method_choices_follow_the_model(with_tiny, tiny_bert):
     update = method_choices(with_tiny, "bert", "ia3")
     assert [key for _, key in update["choices"]] == list(METHODS) and update["value"] == "ia3"
     assert method_choices(with_tiny, "no/such-model-here", "lora") == {"__type__": "update"}
+
+
+def test_adapter_and_compare_handlers_say_what_is_missing(with_tiny):
+    from webui.adapters_tab import on_combine_click, on_merge_click, parse_weights
+    from webui.compare_tab import on_evaluate_click, on_results_show, tradeoff_rows
+
+    assert parse_weights("", 4) == [0.25] * 4 and parse_weights("0.7; -0.3", 2) == [0.7, -0.3]
+    with pytest.raises(ValueError, match="Weights: give numbers"):
+        parse_weights("a, b", 2)
+    assert on_combine_click(with_tiny, ["ad-0123456789ab"], "", "cat", 0.5, 0, "") == (
+        "**Not combined.** Pick two adapters or more."
+    )
+    assert "does not exist" in on_combine_click(
+        with_tiny, ["ad-0123456789ab", "ad-0123456789ac"], "", "cat", 0.5, 0, ""
+    )
+    assert on_merge_click(with_tiny, None, "float32") == "**Not merged.** Pick an adapter first."
+    message, _ = on_evaluate_click(with_tiny, [], True, None, "auto", 10)
+    assert message == "**Not started.** Pick a dataset to evaluate on."
+    assert tradeoff_rows(with_tiny, []) == []
+    *_, status = on_results_show(with_tiny, "job-0123456789ab", False)
+    assert "does not exist" in status

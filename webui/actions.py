@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.counts import count_parameters, fitted_params
-from finetune.data import common_system_prompt, read_rows
 from finetune.fields import SpecError
-from finetune.generate import GenerationParams, ModelCache
 from finetune.memory import current_device, estimate_memory
 from finetune.methods import get_method
 from finetune.models import load_config, resolve_model
@@ -26,9 +24,8 @@ from finetune.spec import JobSpec, parse_spec
 from finetune.tasks import SEQ_2_SEQ_LM, SEQ_CLS, model_task
 from jobs.queue import submit_job
 from storage.settings import Settings
-from storage.store import NotFound, Store
-
-PLAYGROUND = ModelCache(capacity=1)  # the web process's one model cache
+from storage.store import Store
+from webui.adapter_actions import adapter_info
 
 
 def estimate(settings: Settings, spec: Any) -> dict[str, Any]:
@@ -158,104 +155,31 @@ def continued(settings: Settings, spec: JobSpec) -> JobSpec:
 
 
 def list_adapters(settings: Settings) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": a.id,
-            "name": a.name,
-            "base_model": a.base_model,
-            "method": a.method,
-            "trainable_params": a.trainable_params,
-            "total_params": a.total_params,
-            "size_bytes": a.size_bytes,
-            "job_id": a.job_id,
-            "created_at": a.created_at,
-        }
-        for a in Store(settings.data_dir).list_adapters()
-    ]
-
-
-def generate(
-    settings: Settings,
-    base_model: str,
-    adapter_ids: list[str | None],
-    prompt: str,
-    params: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Answers of the base (None) and of each adapter to one prompt, same settings and seed."""
-    if not prompt or not prompt.strip():
-        raise ValueError("Type a prompt first.")
-    if not adapter_ids:
-        adapter_ids = [None]
-    store = Store(settings.data_dir)
-    model = resolve_model(base_model, settings.models_dir)
-    entries: list[tuple[str, Path] | None] = []
-    for adapter_id in adapter_ids:
-        if adapter_id is None:
-            entries.append(None)
-            continue
-        adapter = store.get_adapter(adapter_id)
-        if resolve_model(adapter.base_model, settings.models_dir) != model:
-            raise ValueError(
-                f"Adapter {adapter_id} was trained on {adapter.base_model}, not {base_model}."
-            )
-        entries.append((adapter.id, store.adapter_dir(adapter.id)))
-    gen = _generation_params(params or {})
-    outputs = PLAYGROUND.generate(model, entries, prompt, gen, settings.allow_remote_code)
-    return {"outputs": outputs}
-
-
-def _generation_params(params: dict[str, Any]) -> GenerationParams:
-    known = GenerationParams.__dataclass_fields__
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(f"params.{unknown[0]}: unknown field (known: {', '.join(known)})")
-    try:
-        gen = GenerationParams(**params)
-        if not 1 <= int(gen.max_new_tokens) <= 2048:
-            raise ValueError("params.max_new_tokens: must be from 1 to 2048")
-        if not 0 <= float(gen.temperature) <= 5:
-            raise ValueError("params.temperature: must be from 0 to 5")
-        return GenerationParams(
-            max_new_tokens=int(gen.max_new_tokens),
-            temperature=float(gen.temperature),
-            top_p=float(gen.top_p),
-            seed=int(gen.seed),
-            system_prompt=str(gen.system_prompt or ""),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc)) from None
-
-
-def training_system_prompt(settings: Settings, adapter_id: str) -> str:
-    """The system message every training row of the adapter had, or ""."""
-    store = Store(settings.data_dir)
-    adapter = store.get_adapter(adapter_id)
-    if adapter.job_id is None:
-        return ""
-    dataset_id = store.get_job(adapter.job_id).spec["dataset_id"]
-    try:
-        folder = store.dataset_dir(store.get_dataset(dataset_id).id)
-    except NotFound:
-        return ""
-    return common_system_prompt(read_rows(folder / "rows.jsonl"))
+    return [adapter_info(a) for a in Store(settings.data_dir).list_adapters()]
 
 
 def download_adapter(settings: Settings, adapter_id: str) -> Path:
     """The adapter folder as a .zip (adapter files, model card, recipe), built once."""
     store = Store(settings.data_dir)
     adapter = store.get_adapter(adapter_id)
-    folder = store.adapter_dir(adapter.id)
     target = store.data_dir / "downloads" / f"{adapter.id}.zip"
+    return zip_once(store.adapter_dir(adapter.id), target, adapter.id)
+
+
+def zip_once(folder: Path, target: Path, root: str) -> Path:
+    """folder as target (a .zip whose entries sit under root/), unless it was built before."""
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         # A unique partial file: two downloads at once must not write into the same one.
         fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
         os.close(fd)
         try:
+            # Weights barely compress: store them as they are (a merged model is large).
             with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
                 for path in sorted(folder.rglob("*")):
                     if path.is_file():
-                        zf.write(path, f"{adapter.id}/{path.relative_to(folder)}")
+                        method = zipfile.ZIP_STORED if path.suffix == ".safetensors" else None
+                        zf.write(path, f"{root}/{path.relative_to(folder)}", method)
             os.replace(partial, target)
         finally:
             Path(partial).unlink(missing_ok=True)

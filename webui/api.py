@@ -9,7 +9,14 @@ from typing import Any
 import gradio as gr
 
 from storage.settings import Settings
-from webui import actions, data_actions, job_actions
+from webui import (
+    actions,
+    adapter_actions,
+    data_actions,
+    hub_actions,
+    job_actions,
+    playground_actions,
+)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -97,7 +104,24 @@ def register_api(settings: Settings) -> None:
         return data_actions.delete_dataset(settings, dataset_id)
 
     def list_adapters() -> list:
+        """Every adapter: {id, name, base_model, method, origin (trained, combined, imported),
+        trainable_params, total_params, size_bytes, job_id, created_at}."""
         return actions.list_adapters(settings)
+
+    def combine_adapters(
+        adapter_ids: list[str],
+        weights: list[float],
+        method: str = "cat",
+        name: str = "",
+        density: float | None = None,
+        svd_rank: int | None = None,
+    ) -> dict:
+        """A new adapter from LoRA (or IA3) adapters of one base, by weight; method: linear, cat,
+        svd, ties, ties_svd, dare_linear, dare_ties, dare_linear_svd, dare_ties_svd,
+        magnitude_prune, magnitude_prune_svd -> {adapter_id, r, ...}."""
+        return adapter_actions.combine(
+            settings, adapter_ids, weights, method, name or None, density, svd_rank
+        )
 
     def add_sample(sample: str) -> dict:
         """Store a bundled sample as a dataset: arithmetic, chatterbot, topics, doc_titles."""
@@ -110,7 +134,52 @@ def register_api(settings: Settings) -> None:
         params: dict | None = None,
     ) -> dict:
         """Answers of the base (null) and each adapter -> {outputs: [{adapter, text, ...}]}."""
-        return actions.generate(settings, base_model, adapter_ids, prompt, params)
+        return playground_actions.generate(settings, base_model, adapter_ids, prompt, params)
+
+    def compare(
+        prompt: str,
+        adapter_ids: list[str | None],
+        params: dict | None = None,
+        base_model: str = "",
+    ) -> dict:
+        """The base (null) and up to four adapters of one base answer the prompt with the same
+        params (max_new_tokens, temperature, top_p, seed, system_prompt, stop) -> {outputs:
+        [{adapter, text, seconds, tokens, tokens_per_s}]}; base_model only when no adapter."""
+        return playground_actions.compare(settings, prompt, adapter_ids, params, base_model or None)
+
+    def push_to_hub(adapter_id: str, repo_id: str, private: bool = True) -> dict:
+        """Upload the adapter folder to a Hub model repo (owner/name) with the configured token
+        -> {repo_id, url}; a clear error when no token is set or the Hub is unreachable."""
+        return adapter_actions.push_to_hub(settings, adapter_id, repo_id, private)
+
+    def evaluate(
+        adapter_ids: list[str | None], dataset_id: str, options: dict | None = None
+    ) -> dict:
+        """Queue an evaluation: the base (null) and adapters answer the dataset's held-out rows,
+        scored by options.metric (auto, exact_match, accuracy, rouge, perplexity); options also
+        max_rows, max_new_tokens, eval_fraction, seed, base_model, name -> {job_id, metric,
+        rows}."""
+        return hub_actions.start_evaluation(settings, adapter_ids, dataset_id, options)
+
+    def evaluation_results(job_id: str) -> dict:
+        """{job_id, status, step, total_steps, metric, summary: [{adapter, <metric>, rows,
+        seconds}], examples: [{index, prompt, reference, answers: [{adapter, text, score}]}]}."""
+        return hub_actions.evaluation_results(settings, job_id)
+
+    def merge_adapter(adapter_id: str, dtype: str = "float32") -> dict:
+        """Queue a job merging the adapter into its base (float32, bfloat16 or float16), saved
+        as sharded safetensors and checked against the adapter model -> {job_id}."""
+        return hub_actions.start_merge(settings, adapter_id, dtype)
+
+    def tradeoffs(adapter_ids: list[str]) -> list:
+        """The PEFT trade-offs, one row per adapter: trainable_params, trainable_percent,
+        size_bytes, peak_memory_mb, train_seconds, train_tokens_per_s, metric, metric_value,
+        inference_overhead (answer time over the base's in its newest evaluation)."""
+        return hub_actions.tradeoffs(settings, adapter_ids)
+
+    def unload_models() -> dict:
+        """Free the playground's loaded models -> {unloaded, loaded}."""
+        return playground_actions.unload()
 
     for fn in (
         start_job,
@@ -130,8 +199,16 @@ def register_api(settings: Settings) -> None:
         preview_dataset,
         delete_dataset,
         list_adapters,
+        combine_adapters,
         add_sample,
         generate,
+        compare,
+        unload_models,
+        evaluate,
+        evaluation_results,
+        merge_adapter,
+        tradeoffs,
+        push_to_hub,
     ):
         gr.api(user_errors(fn), api_name=fn.__name__)
 
@@ -146,6 +223,12 @@ def register_api(settings: Settings) -> None:
         zip_out = gr.File()
         upload_button = gr.Button()
         download_button = gr.Button()
+        job_in = gr.Textbox()
+        merged_out = gr.File()
+        merged_button = gr.Button()
+        zip_in = gr.File(type="filepath")
+        base_in = gr.Textbox()
+        import_button = gr.Button()
 
     def upload_dataset(
         files: list[str] | None,
@@ -173,4 +256,24 @@ def register_api(settings: Settings) -> None:
         [adapter_in],
         zip_out,
         api_name="download_adapter",
+    )
+
+    def import_adapter(file: str | None, base_model: str, name: str = "") -> dict[str, Any]:
+        """A PEFT adapter folder as a .zip (safetensors only), checked against base_model ->
+        {adapter_id, peft_type, method, trainable_params, warnings, ignored_files, ...}."""
+        return adapter_actions.import_adapter(settings, file, base_model, name or None)
+
+    import_button.click(
+        user_errors(import_adapter),
+        [zip_in, base_in, name_in],
+        info_out,
+        api_name="import_adapter",
+    )
+
+    def download_merged(job_id: str) -> str:
+        """A finished merge job's model folder as a .zip file."""
+        return str(hub_actions.download_merged(settings, job_id))
+
+    merged_button.click(
+        user_errors(download_merged), [job_in], merged_out, api_name="download_merged"
     )

@@ -6,11 +6,12 @@ import gradio as gr
 
 from storage.settings import Settings
 from webui import job_actions
-from webui.adapters_tab import adapters_rows, build_adapters_tab
+from webui.adapters_tab import build_adapters_tab
 from webui.api import register_api
+from webui.compare_tab import build_compare_tab
 from webui.data_tab import build_data_tab, dataset_choices, datasets_rows
 from webui.jobs_tab import build_jobs_tab
-from webui.playground_tab import adapter_choices, build_playground_tab
+from webui.playground_tab import build_playground_tab, on_playground_select
 from webui.train_tab import adapter_start_choices, build_train_tab, fill_form, on_form_change
 
 THEME = gr.themes.Soft(primary_hue="orange")
@@ -30,6 +31,8 @@ def build_app(settings: Settings) -> gr.Blocks:
                 jobs = build_jobs_tab(settings)
             with gr.Tab("Playground", id="playground") as playground_tab:
                 playground = build_playground_tab(settings)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                compare = build_compare_tab(settings)
             with gr.Tab("Adapters", id="adapters") as adapters_tab:
                 adapters = build_adapters_tab(settings)
         register_api(settings)
@@ -57,22 +60,14 @@ def build_app(settings: Settings) -> gr.Blocks:
             api_visibility="private",
         )
         playground_tab.select(
-            lambda current: _refresh_choices(adapter_choices(settings), current),
+            lambda current: on_playground_select(settings, current),
             inputs=[playground.adapter_dropdown],
             outputs=[playground.adapter_dropdown],
             api_visibility="private",
         )
-        refresh_adapters = {
-            "fn": lambda current: (
-                adapters_rows(settings),
-                _refresh_choices(adapter_choices(settings), current),
-            ),
-            "inputs": [adapters.adapter_dropdown],
-            "outputs": [adapters.adapters_table, adapters.adapter_dropdown],
-            "api_visibility": "private",
-        }
-        adapters_tab.select(**refresh_adapters)
-        app.load(**refresh_adapters)
+        adapters_tab.select(**adapters.refresh)
+        compare_tab.select(**compare.refresh)
+        app.load(**adapters.refresh)
         app.load(
             lambda: (datasets_rows(settings), gr.update(choices=dataset_choices(settings))),
             outputs=[data.datasets_table, data.dataset_dropdown],

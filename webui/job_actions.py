@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jobs.queue import wake
+from jobs.queue import submit_job, wake
 from jobs.runner import LOG_NAME
 from storage.settings import Settings
 from storage.store import Job, JobState, Store
@@ -42,7 +42,10 @@ def job_info(
         "position": position,  # 1 = the next to run; None unless queued
         "priority": job.priority,
         "base_model": job.spec.get("base_model"),
-        "method": job.spec.get("method"),
+        "kind": job.kind,
+        # an evaluate or merge job's findings (an evaluation's examples: /evaluation_results)
+        "result": {k: v for k, v in (job.result or {}).items() if k != "examples"} or None,
+        "method": job.spec.get("method") or job.kind,
         "dataset_id": job.dataset_id,
         "dataset": dataset_name,
         "from_adapter": job.spec.get("from_adapter"),
@@ -166,13 +169,18 @@ def retry_job(settings: Settings, job_id: str) -> dict[str, Any]:
     job = Store(settings.data_dir).get_job(job_id)
     if job.state not in RESUMABLE:
         raise ValueError(f"Job {job_id} is {job.state.value}; only a stopped job can be retried.")
-    spec = {**job.spec, "name": f"{job.name} (retry)"[:200]}
-    return start_job(settings, spec)
+    name = f"{job.name} (retry)"[:200]
+    if job.kind != "train":  # evaluate and merge jobs are queued again as they were
+        retried = submit_job(settings, name, job.spec, job.dataset_id, kind=job.kind)
+        return {"job_id": retried.id, "status": retried.state.value}
+    return start_job(settings, {**job.spec, "name": name})
 
 
 def clone_job(settings: Settings, job_id: str) -> dict[str, Any]:
     """The job's spec, to edit and start as a new job (the Train form fills in with it)."""
     job = Store(settings.data_dir).get_job(job_id)
+    if job.kind != "train":
+        raise ValueError(f"Job {job_id} is a {job.kind} job: only a training job has a form.")
     return {"job_id": job.id, "spec": {**job.spec, "name": f"{job.name} (copy)"[:200]}}
 
 

@@ -101,6 +101,9 @@ def _when(ts: float | None) -> str:
     return time.strftime("%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
 
+_UNIT = {"train": "step", "evaluate": "answer", "merge": "part"}
+
+
 def progress_html(job: Job, metrics: list[Metric], position: int | None = None) -> str:
     total = job.total_steps or 0
     fraction = min(job.step / total, 1.0) if total else 0.0
@@ -112,7 +115,7 @@ def progress_html(job: Job, metrics: list[Metric], position: int | None = None) 
         if job.resume_from:
             eta += f" · resumes from {job.resume_from}"
     elif job.state == JobState.RUNNING and total and job.step >= total:
-        eta = " · saving the adapter"
+        eta = " · saving the adapter" if job.kind == "train" else " · finishing"
     elif job.state == JobState.RUNNING and total:
         seconds = _seconds_left(job, metrics, total)
         eta = f" · about {_duration(seconds)} left" if seconds is not None else " · starting"
@@ -121,8 +124,9 @@ def progress_html(job: Job, metrics: list[Metric], position: int | None = None) 
     last = final_metrics([vars(m) for m in metrics])
     losses = "".join(f" · {name.replace('_', ' ')} {value:.4g}" for name, value in last.items())
     where = f"<div><small>worker {html.escape(job.worker)}</small></div>" if job.worker else ""
+    unit = _UNIT.get(job.kind, "step")
     return (
-        f"<div><b>{job.state.value}</b> · step {job.step} of {total or '?'}{eta}{losses}</div>"
+        f"<div><b>{job.state.value}</b> · {unit} {job.step} of {total or '?'}{eta}{losses}</div>"
         f'<div style="background:#e5e7eb;border-radius:6px;height:14px;margin-top:6px">'
         f'<div class="job-progress" style="width:{fraction * 100:.1f}%;height:14px;'
         f'border-radius:6px;background:#f97316"></div></div>' + memory_line(job, metrics) + where
@@ -265,7 +269,7 @@ def button_states(job: Job | None, resumable: bool) -> list:
         gr.update(interactive=state in (JobState.QUEUED, JobState.RUNNING)),
         gr.update(interactive=stopped and resumable),
         gr.update(interactive=stopped),
-        gr.update(interactive=job is not None),
+        gr.update(interactive=job is not None and job.kind == "train"),
         gr.update(interactive=job is not None and state != JobState.RUNNING),
     ]
 

@@ -1,63 +1,171 @@
-"""Playground tab: the base model and an adapter answer the same prompt, side by side."""
+"""Playground tab: the base model and up to four adapters answer the same prompt, in columns."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gradio as gr
 
 from storage.settings import Settings
-from webui import actions
+from webui import actions, playground_actions
 from webui.forms import base_model_dropdown
+from webui.playground_actions import MAX_ADAPTERS
+
+COLUMNS = 1 + MAX_ADAPTERS  # the base, then the adapters
+BASE = "Base model"
 
 
 @dataclass
 class PlaygroundTab:
-    adapter_dropdown: gr.Dropdown
+    adapter_dropdown: gr.Dropdown  # the adapters to compare (multiselect)
 
 
 def adapter_choices(settings: Settings) -> list[tuple[str, str]]:
     return [(f"{a['name']} · {a['id']}", a["id"]) for a in actions.list_adapters(settings)]
 
 
-def on_generate_click(
+def on_playground_select(settings: Settings, current: list[str] | None):
+    """The adapter picker re-read from storage, keeping what is still there."""
+    choices = adapter_choices(settings)
+    ids = {v for _, v in choices}
+    kept = [c for c in current or [] if c in ids]
+    if not kept and not current and choices:
+        kept = [choices[0][1]]
+    return gr.update(choices=choices, value=kept)
+
+
+def column_ids(adapter_ids: list[str] | None, include_base: bool) -> list[str | None]:
+    """What answers, column by column: None is the base model."""
+    return ([None] if include_base else []) + list(adapter_ids or [])[:MAX_ADAPTERS]
+
+
+def stop_list(text: str) -> list[str]:
+    """'###, User:' -> ['###', 'User:']; a backslash-n stands for a newline."""
+    return [s.strip().replace("\\n", "\n") for s in (text or "").split(",") if s.strip()]
+
+
+def on_send_click(
     settings: Settings,
     base_model: str,
-    adapter_id: str | None,
+    adapter_ids: list[str] | None,
+    include_base: bool,
     prompt: str,
     system_prompt: str,
     max_new_tokens: float,
     temperature: float,
+    top_p: float,
     seed: float,
-):
-    params = {
-        "max_new_tokens": int(max_new_tokens or 64),
-        "temperature": float(temperature or 0),
-        "seed": int(seed or 0),
-        "system_prompt": system_prompt or "",
-    }
-    ids = [None, adapter_id] if adapter_id else [None]
+    stop: str,
+    chat_mode: bool,
+    histories: dict,
+) -> Iterator[tuple]:
+    """Streams each column's answer in turn; yields (status, histories, *chatbots)."""
+    names = {a["id"]: a["name"] for a in actions.list_adapters(settings)}
+    ids = column_ids(adapter_ids, include_base)
+    key = "|".join(str(i) for i in ids)
+    if not chat_mode or (histories or {}).get("key") != key:
+        histories = {"key": key, "turns": [[] for _ in ids]}
     try:
-        outputs = actions.generate(settings, base_model, ids, prompt, params)["outputs"]
+        if not ids:
+            raise ValueError("Pick adapters to compare, or keep the base model.")
+        gen = playground_actions.generation_params(
+            {
+                "max_new_tokens": int(max_new_tokens or 64),
+                "temperature": float(temperature or 0),
+                "top_p": float(top_p or 1),
+                "seed": int(seed or 0),
+                "system_prompt": system_prompt or "",
+                "stop": stop_list(stop),
+            }
+        )
+        model, entries = playground_actions.entries(settings, ids, base_model)
     except (ValueError, LookupError) as exc:
-        return f"Error: {exc}", ""
-    texts = [_caption(o) for o in outputs]
-    return texts[0], texts[1] if len(texts) > 1 else "(pick an adapter to compare)"
+        yield (f"**Not sent.** {exc}", histories, *_chatbots(ids, names, histories, {}))
+        return
+    answers: dict[int, dict] = {}
+    for column, entry in enumerate(entries):
+        turns = histories["turns"][column]
+        try:
+            for answer in playground_actions.stream_answer(
+                settings, model, entry, prompt, turns, gen
+            ):
+                answers[column] = answer
+                yield ("Generating…", histories, *_chatbots(ids, names, histories, answers, prompt))
+        except (ValueError, LookupError) as exc:
+            yield (f"**Stopped.** {exc}", histories, *_chatbots(ids, names, histories, answers))
+            return
+    for column in range(len(ids)):
+        histories["turns"][column] += [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": answers[column]["text"]},
+        ]
+    done = _chatbots(ids, names, histories, answers)
+    yield (_summary(ids, names, answers), histories, *done)
 
 
-def on_adapter_change(settings: Settings, adapter_id: str | None) -> str:
-    """The system message the adapter was trained with: answers depend on it."""
-    if not adapter_id:
-        return ""
-    try:
-        return actions.training_system_prompt(settings, adapter_id)
-    except (ValueError, LookupError):
-        return ""
+def _label(adapter_id: str | None, names: dict[str, str]) -> str:
+    return BASE if adapter_id is None else f"{names.get(adapter_id, adapter_id)} · {adapter_id}"
 
 
-def _caption(output: dict) -> str:
-    speed = f", {output['tokens_per_s']} tokens/s" if output.get("tokens_per_s") else ""
-    return f"{output['text']}\n\n— {output['seconds']} s{speed}"
+def _chatbots(ids, names, histories, answers, pending: str | None = None) -> list:
+    """Each column's chat; a column answering now shows the prompt and the answer so far."""
+    updates = []
+    for column in range(COLUMNS):
+        if column >= len(ids):
+            updates.append(gr.update(visible=False, value=[]))
+            continue
+        shown = list(histories["turns"][column])
+        answer = answers.get(column)
+        if pending is not None and answer is not None:
+            shown += [
+                {"role": "user", "content": pending},
+                {"role": "assistant", "content": answer["text"]},
+            ]
+        # The column says whose answer it is and how fast, briefly; the table below has the ids.
+        adapter_id = ids[column]
+        label = BASE if adapter_id is None else names.get(adapter_id, adapter_id)[:32]
+        if answer is not None and answer.get("done") and answer.get("seconds") is not None:
+            speed = f" · {answer['tokens_per_s']} tok/s" if answer.get("tokens_per_s") else ""
+            label += f" · {answer['seconds']} s{speed}"
+        updates.append(gr.update(visible=True, value=shown, label=label))
+    return updates
+
+
+def _summary(ids, names, answers) -> str:
+    rows = "\n".join(
+        f"| {_label(i, names)} | {a.get('seconds', '')} | {a.get('tokens', '')} | "
+        f"{a.get('tokens_per_s') or ''} |"
+        for i, a in ((ids[c], answers[c]) for c in range(len(ids)))
+    )
+    return f"| model | seconds | tokens | tokens/s |\n|---|---|---|---|\n{rows}"
+
+
+def on_adapters_change(settings: Settings, adapter_ids: list[str] | None) -> str:
+    """The system message the first adapter was trained with: answers depend on it."""
+    for adapter_id in adapter_ids or []:
+        try:
+            return playground_actions.training_system_prompt(settings, adapter_id)
+        except (ValueError, LookupError):
+            return ""
+    return ""
+
+
+def on_unload_click() -> str:
+    result = playground_actions.unload()
+    return f"Unloaded {result['unloaded']} base model(s); their memory is free again."
+
+
+def loaded_text() -> str:
+    held = playground_actions.PLAYGROUND.loaded()
+    if not held:
+        return "No model is loaded; the first answer loads one."
+    parts = []
+    for item in held:
+        extra = ", ".join(item["adapters"] + item["own_models"]) or "no adapters"
+        parts.append(f"{item['base_model'].rsplit('/', 1)[-1]} ({item['megabytes']} MB; {extra})")
+    return "Loaded: " + "; ".join(parts)
 
 
 def build_playground_tab(settings: Settings) -> PlaygroundTab:
@@ -65,12 +173,18 @@ def build_playground_tab(settings: Settings) -> PlaygroundTab:
         base_model = base_model_dropdown(settings.models_dir)
         choices = adapter_choices(settings)
         adapter_dropdown = gr.Dropdown(
-            choices=choices, value=choices[0][1] if choices else None, label="Adapter"
+            choices=choices,
+            value=[choices[0][1]] if choices else [],
+            multiselect=True,
+            max_choices=MAX_ADAPTERS,
+            label=f"Adapters (up to {MAX_ADAPTERS}, of one base)",
+            scale=2,
         )
+        include_base = gr.Checkbox(value=True, label="Base model too")
     prompt_text = gr.Textbox(label="Prompt", value="What is 47 + 85?", lines=3)
     system_text = gr.Textbox(
         label="System prompt (optional)",
-        info="Filled in with the one the adapter was trained with; empty uses the model's own.",
+        info="Filled in with the one the first adapter was trained with; empty uses the model's.",
     )
     with gr.Row():
         max_tokens_number = gr.Number(
@@ -79,29 +193,53 @@ def build_playground_tab(settings: Settings) -> PlaygroundTab:
         temperature_number = gr.Number(
             value=0.0, label="Temperature (0 = greedy)", minimum=0, maximum=5
         )
+        top_p_number = gr.Number(value=1.0, label="Top p", minimum=0.01, maximum=1)
         seed_number = gr.Number(value=0, label="Seed", precision=0)
-    generate_button = gr.Button("Generate", variant="primary")
+        stop_text = gr.Textbox(label="Stop sequences", placeholder="###, User:")
     with gr.Row():
-        base_text = gr.Textbox(label="Base model", lines=8, interactive=False)
-        adapter_text = gr.Textbox(label="With adapter", lines=8, interactive=False)
+        chat_checkbox = gr.Checkbox(value=False, label="Chat (each column keeps its history)")
+        send_button = gr.Button("Generate", variant="primary")
+        clear_button = gr.Button("Clear the chats")
+        unload_button = gr.Button("Unload models")
+    status_md = gr.Markdown()
+    loaded_md = gr.Markdown(loaded_text())
+    histories = gr.State({})
+    with gr.Row():
+        chatbots = [
+            gr.Chatbot(label=BASE if i == 0 else f"Adapter {i}", visible=i < 2, height=320)
+            for i in range(COLUMNS)
+        ]
     adapter_dropdown.change(
-        lambda a: on_adapter_change(settings, a),
+        lambda a: on_adapters_change(settings, a),
         inputs=[adapter_dropdown],
         outputs=[system_text],
         api_visibility="private",
     )
-    generate_button.click(
-        lambda *v: on_generate_click(settings, *v),
+    send_button.click(
+        functools.partial(on_send_click, settings),
         inputs=[
             base_model,
             adapter_dropdown,
+            include_base,
             prompt_text,
             system_text,
             max_tokens_number,
             temperature_number,
+            top_p_number,
             seed_number,
+            stop_text,
+            chat_checkbox,
+            histories,
         ],
-        outputs=[base_text, adapter_text],
+        outputs=[status_md, histories, *chatbots],
         api_visibility="private",
+    ).then(loaded_text, outputs=[loaded_md], api_visibility="private")
+    clear_button.click(
+        lambda: ({}, *[gr.update(value=[]) for _ in chatbots]),
+        outputs=[histories, *chatbots],
+        api_visibility="private",
+    )
+    unload_button.click(on_unload_click, outputs=[status_md], api_visibility="private").then(
+        loaded_text, outputs=[loaded_md], api_visibility="private"
     )
     return PlaygroundTab(adapter_dropdown=adapter_dropdown)

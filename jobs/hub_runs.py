@@ -1,0 +1,129 @@
+"""The child process's work for jobs that do not train: evaluate models, merge an adapter."""
+
+from __future__ import annotations
+
+import shutil
+import traceback
+
+from finetune.data import read_rows
+from finetune.evaluate import METRICS, evaluate, headline
+from finetune.generate import GenerationParams, ModelCache
+from finetune.merge import merge_into_base
+from finetune.models import resolve_model
+from finetune.train import split_rows
+from storage.settings import Settings
+from storage.store import JobState, Store
+
+MERGED = "merged"  # the merged model's folder, inside the job's folder
+
+
+def eval_rows(store: Store, spec: dict) -> list[dict]:
+    """The rows an evaluation scores: the dataset's own eval split, else the held-out split its
+    training jobs use (eval_fraction and seed as given), at most max_rows of them."""
+    folder = store.dataset_dir(spec["dataset_id"])
+    rows = read_rows(folder / "eval.jsonl")
+    if not rows:
+        _, rows = split_rows(read_rows(folder / "rows.jsonl"), spec["eval_fraction"], spec["seed"])
+    return rows[: spec["max_rows"]]
+
+
+def run_hub_job(settings: Settings, job_id: str, reporter) -> JobState:
+    import torch
+
+    torch.set_num_threads(settings.train_threads)
+    store = reporter.store
+    job = store.get_job(job_id)
+    try:
+        if job.kind == "evaluate":
+            return _evaluate(settings, store, job, reporter)
+        if job.kind == "merge":
+            return _merge(settings, store, job)
+        raise ValueError(f"unknown job kind {job.kind!r}")
+    except Exception as exc:
+        from jobs.child import plain_reason
+
+        traceback.print_exc()
+        reason = plain_reason(exc).replace("Training failed", f"The {job.kind} job failed")
+        store.finish_job(job_id, JobState.FAILED, reason, traceback.format_exc()[-4000:])
+        return JobState.FAILED
+
+
+def _evaluate(settings: Settings, store: Store, job, reporter) -> JobState:
+    spec = job.spec
+    model = resolve_model(spec["base_model"], settings.models_dir)
+    entries = [
+        None if a is None else (a, store.adapter_dir(store.get_adapter(a).id))
+        for a in spec["adapter_ids"]
+    ]
+    rows = eval_rows(store, spec)
+    total = len(entries) * len(rows)
+    store.update_job(job.id, total_steps=total)
+    params = GenerationParams(max_new_tokens=spec["max_new_tokens"])
+
+    def progress(done: int, total: int) -> bool:
+        store.update_job(job.id, step=done)
+        return not reporter.should_stop()
+
+    reporter.training = True  # from here a stop request ends the run between answers
+    found = evaluate(
+        ModelCache(), model, entries, rows, spec["metric"], params, progress,
+        settings.allow_remote_code,
+    )  # fmt: skip
+    metric = spec["metric"]
+    result = {"metric": metric, "rows": len(rows), **found}
+    store.set_result(job.id, result)
+    if found["stopped"]:
+        if reporter.shutdown:
+            why = "The worker or the app stopped during the evaluation; retry it."
+            store.finish_job(job.id, JobState.INTERRUPTED, why)
+            return JobState.INTERRUPTED
+        store.finish_job(job.id, JobState.CANCELLED, "Cancelled; the answers so far are kept.")
+        return JobState.CANCELLED
+    keys = ["rouge1", "rouge2", "rougeL"] if metric == "rouge" else [metric]
+    store.add_evaluations(
+        job.id,
+        [
+            {
+                "adapter_id": s["adapter"],
+                "base_model": spec["base_model"],
+                "dataset_id": spec["dataset_id"],
+                "metric": key,
+                "value": s.get(key),
+                "rows": s["rows"],
+                "seconds": s["seconds"],
+            }
+            for s in found["summary"]
+            for key in keys
+        ],
+    )
+    best = max(
+        found["summary"],
+        key=lambda s: (headline(s, metric) or 0) * (1 if metric != "perplexity" else -1),
+    )
+    name = "base model" if best["adapter"] is None else best["adapter"]
+    store.finish_job(job.id, JobState.SUCCEEDED)
+    print(f"best by {METRICS[metric].split(' (')[0]}: {name}", flush=True)
+    return JobState.SUCCEEDED
+
+
+def _merge(settings: Settings, store: Store, job) -> JobState:
+    spec = job.spec
+    adapter = store.get_adapter(spec["adapter_id"])
+    model = resolve_model(adapter.base_model, settings.models_dir)
+    out = store.job_dir(job.id) / MERGED
+    partial = out.with_name(MERGED + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    store.update_job(job.id, total_steps=1)
+    checked = merge_into_base(
+        model,
+        store.adapter_dir(adapter.id),
+        adapter.method,
+        partial,
+        settings.allow_remote_code,
+        dtype=spec["dtype"],
+    )
+    partial.rename(out)  # the folder appears whole, or not at all
+    store.set_result(job.id, {**checked, "folder": MERGED, "adapter_id": adapter.id})
+    store.update_job(job.id, step=1)
+    store.finish_job(job.id, JobState.SUCCEEDED)
+    return JobState.SUCCEEDED

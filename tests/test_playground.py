@@ -1,0 +1,119 @@
+"""Side by side: each column answers as that model alone would; the shared base never changes."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from itertools import pairwise
+
+import pytest
+import torch
+from peft import IA3Config, LoraConfig, PromptTuningConfig
+
+from finetune.generate import GenerationParams, _cut
+from tests.test_combine import make_adapter
+from webui import adapter_actions, playground_actions
+from webui.playground_actions import PLAYGROUND
+
+SAMPLING = {"max_new_tokens": 6, "temperature": 0.9, "top_p": 0.95, "seed": 7}
+CONFIGS = {
+    "lora-a": LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    "lora-b": LoraConfig(r=8, target_modules=["k_proj", "o_proj"], task_type="CAUSAL_LM"),
+    "ia3": IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]),
+    "prompt": PromptTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM"),
+}
+
+
+@pytest.fixture
+def adapter_ids(settings, tiny_model, tmp_path) -> list[str]:
+    ids = []
+    for seed, (name, config) in enumerate(CONFIGS.items()):
+        folder = make_adapter(tiny_model, tmp_path / name, config, seed=seed + 10)
+        zipped = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(zipped, "w") as zf:
+            for path in folder.iterdir():
+                zf.write(path, path.name)
+        made = adapter_actions.import_adapter(settings, str(zipped), str(tiny_model), name)
+        ids.append(made["adapter_id"])
+    PLAYGROUND.unload()
+    yield ids
+    PLAYGROUND.unload()
+
+
+def base_digest() -> str:
+    """A hash of the shared base's own weights (adapter weights left out)."""
+    (loaded,) = PLAYGROUND._models.values()
+    model = (
+        loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+    )
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if not any(part in name for part in ("lora_", "ia3_")):
+            digest.update(name.encode())
+            digest.update(param.detach().to(torch.float32).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_side_by_side_equals_each_alone_and_the_base_is_untouched(
+    settings, tiny_model, adapter_ids
+):
+    prompt = "What is 12 + 11?"
+    columns = [None, *adapter_ids]
+    together = playground_actions.compare(settings, prompt, columns, SAMPLING)["outputs"]
+    assert [o["adapter"] for o in together] == columns
+    assert all(o["tokens"] >= 1 and o["seconds"] > 0 for o in together)
+    assert len({o["text"] for o in together}) > 1, "the adapters change the answers"
+    digest = base_digest()
+
+    # Switched back and forth, in another order: the base weights stay as they were.
+    again = playground_actions.compare(settings, prompt, columns[::-1], SAMPLING)["outputs"]
+    assert [o["text"] for o in again] == [o["text"] for o in together][::-1]
+    assert base_digest() == digest
+
+    for column, answer in zip(columns, together, strict=True):
+        PLAYGROUND.unload()  # each model alone, freshly loaded
+        alone = playground_actions.compare(
+            settings, prompt, [column], SAMPLING, base_model=str(tiny_model)
+        )["outputs"]
+        assert alone[0]["text"] == answer["text"], column
+
+
+def test_answers_stream_and_chats_keep_their_history(settings, tiny_model, adapter_ids):
+    model, (entry,) = playground_actions.entries(settings, [adapter_ids[0]])
+    gen = playground_actions.generation_params({"max_new_tokens": 5})
+    steps = list(playground_actions.stream_answer(settings, model, entry, "Hi", [], gen))
+    assert [s["done"] for s in steps] == [False] * (len(steps) - 1) + [True]
+    assert steps[-1]["tokens"] == len(steps) - 1, "one update per new token"
+    texts = [s["text"] for s in steps[:-1]]
+    assert all(b.startswith(a.strip()) for a, b in pairwise(texts))
+
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": steps[-1]["text"]},
+    ]
+    followed = list(playground_actions.stream_answer(settings, model, entry, "And?", history, gen))
+    fresh = list(playground_actions.stream_answer(settings, model, entry, "And?", [], gen))
+    assert followed[-1]["done"] and fresh[-1]["done"]
+
+
+def test_bad_compare_requests_say_what_is_wrong(settings, tiny_model, adapter_ids, tmp_path):
+    cases = [
+        (("", [None], None, str(tiny_model)), "Type a prompt first"),
+        (("hi", [None], None, None), "base_model: name the base model"),
+        (("hi", [*adapter_ids, adapter_ids[0]], None, None), "at most 4 adapters"),
+        (("hi", [adapter_ids[0], adapter_ids[0]], None, None), "named twice"),
+        (("hi", [None], {"top_k": 3}, str(tiny_model)), "params.top_k: unknown field"),
+        (("hi", [None], {"stop": [""]}, str(tiny_model)), "params.stop: give a list"),
+        (("hi", [None], {"top_p": 0}, str(tiny_model)), "params.top_p: must be above 0"),
+        (("hi", ["ad-000000000000"], None, None), "does not exist"),
+    ]
+    for args, message in cases:
+        with pytest.raises((ValueError, LookupError), match=message):
+            playground_actions.compare(settings, *args)
+
+
+def test_stop_strings_end_the_answer_before_them():
+    assert _cut("12 + 11 = 23\nUser: next", ("User:",)) == "12 + 11 = 23"
+    assert _cut("a ### b ## c", ("##", "###")) == "a"
+    assert _cut("no stop here", ("###",)) == "no stop here"
+    assert GenerationParams().stop == ()

@@ -1,0 +1,203 @@
+"""What can be done with adapters besides training them: combine several, import one from a .zip.
+
+Plain functions shared by the Adapters tab and the named API endpoints; a user's mistake raises
+ValueError / LookupError with the message to show, and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from finetune.adapter_import import check_adapter, unpack_adapter_zip
+from finetune.combine import COMBINATIONS, Source, combine_adapters
+from finetune.fields import SpecError
+from finetune.models import resolve_model
+from storage.settings import Settings
+from storage.store import Adapter, Store
+
+COMBINED_FILE = "combined.json"  # what a combined adapter was made of
+
+
+def adapter_info(adapter: Adapter) -> dict[str, Any]:
+    return {
+        "id": adapter.id,
+        "name": adapter.name,
+        "base_model": adapter.base_model,
+        "method": adapter.method,
+        "origin": adapter.origin,
+        "trainable_params": adapter.trainable_params,
+        "total_params": adapter.total_params,
+        "size_bytes": adapter.size_bytes,
+        "job_id": adapter.job_id,
+        "created_at": adapter.created_at,
+    }
+
+
+def combine(
+    settings: Settings,
+    adapter_ids: list[str],
+    weights: list[float],
+    method: str = "cat",
+    name: str | None = None,
+    density: float | None = None,
+    svd_rank: int | None = None,
+) -> dict[str, Any]:
+    """A new adapter from several of one base, by weight -> the new adapter's record."""
+    if not isinstance(adapter_ids, list) or not isinstance(weights, list):
+        raise SpecError("adapter_ids and weights: give two lists of the same length")
+    if len(adapter_ids) != len(weights):
+        raise SpecError(
+            f"weights: give one weight per adapter ({len(adapter_ids)} adapters, "
+            f"{len(weights)} weights)"
+        )
+    store = Store(settings.data_dir)
+    adapters = [store.get_adapter(a) for a in adapter_ids]
+    bases = {resolve_model(a.base_model, settings.models_dir) for a in adapters}
+    if len(bases) > 1:
+        listed = ", ".join(sorted({a.base_model for a in adapters}))
+        raise SpecError(f"The adapters were trained on different base models ({listed}).")
+    sources = [
+        Source(f"{a.name} ({a.id})", store.adapter_dir(a.id), w)
+        for a, w in zip(adapters, weights, strict=True)
+    ]
+    scratch = store.tmp_dir()
+    try:
+        staged = scratch / "adapter"
+        made = combine_adapters(
+            bases.pop(), sources, method, staged, density, svd_rank, settings.allow_remote_code
+        )
+        recipe = {
+            "method": method,
+            "density": density,
+            "svd_rank": svd_rank,
+            "sources": [
+                {"adapter_id": a.id, "name": a.name, "weight": w}
+                for a, w in zip(adapters, weights, strict=True)
+            ],
+        }
+        (staged / COMBINED_FILE).write_text(json.dumps(recipe, indent=2), encoding="utf-8")
+        label = name or f"{method} of " + " + ".join(a.name for a in adapters)
+        _model_card(staged, label[:200], adapters[0].base_model, _combined_text(recipe))
+        adapter = store.add_adapter(
+            staged,
+            job_id=None,
+            name=label[:200],
+            base_model=adapters[0].base_model,
+            method=adapters[0].method if made["peft_type"] == "IA3" else "lora",
+            trainable_params=made["trainable_params"],
+            total_params=adapters[0].total_params,
+            size_bytes=_size(staged),
+            origin="combined",
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"adapter_id": adapter.id, "r": made["r"], **adapter_info(adapter)}
+
+
+def import_adapter(
+    settings: Settings, zip_path: str | Path, base_model: str, name: str | None = None
+) -> dict[str, Any]:
+    """A PEFT adapter folder zipped elsewhere, checked against base_model and stored like ours."""
+    if not zip_path:
+        raise SpecError("file: choose a .zip of a PEFT adapter folder first")
+    path = Path(zip_path)
+    if not path.is_file():
+        raise SpecError("file: the upload is missing; choose the .zip again")
+    if path.stat().st_size > settings.max_upload_mb * 2**20:
+        raise SpecError(f"file: larger than the upload limit ({settings.max_upload_mb} MB)")
+    model = resolve_model(base_model, settings.models_dir)
+    store = Store(settings.data_dir)
+    scratch = store.tmp_dir()
+    try:
+        staged = scratch / "adapter"
+        ignored = unpack_adapter_zip(path, staged, settings.max_upload_mb * 2**20)
+        checked = check_adapter(staged, model, settings.allow_remote_code)
+        label = (name or "").strip() or f"imported {path.stem}"
+        if not (staged / "README.md").exists():
+            _model_card(staged, label[:200], base_model, "Imported into AdapterLab from a .zip.")
+        adapter = store.add_adapter(
+            staged,
+            job_id=None,
+            name=label[:200],
+            base_model=base_model,
+            method=checked.method,
+            trainable_params=checked.trainable_params,
+            total_params=checked.total_params,
+            size_bytes=_size(staged),
+            origin="imported",
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {
+        "adapter_id": adapter.id,
+        "peft_type": checked.peft_type,
+        "warnings": checked.warnings,
+        "ignored_files": ignored,
+        **adapter_info(adapter),
+    }
+
+
+def push_to_hub(
+    settings: Settings, adapter_id: str, repo_id: str, private: bool = True
+) -> dict[str, Any]:
+    """Upload the adapter folder to a Hub model repo (created if new) with the configured token
+    (HF_TOKEN, or a `huggingface-cli login`) -> {repo_id, url}."""
+    import huggingface_hub
+
+    from finetune.models import _HUB_ID, hub_reachable
+
+    store = Store(settings.data_dir)
+    adapter = store.get_adapter(adapter_id)
+    if not isinstance(repo_id, str) or not _HUB_ID.match(repo_id.strip()):
+        raise SpecError(f"repo_id: give the Hub repo as owner/name, got {repo_id!r}")
+    repo_id = repo_id.strip()
+    token = huggingface_hub.get_token()
+    if not token:
+        raise SpecError(
+            "No Hub token is configured: set HF_TOKEN (a token with write access) in the "
+            "app's environment, or run `huggingface-cli login`, then push again."
+        )
+    if not hub_reachable():
+        raise SpecError(
+            "The Hub is not reachable from this machine (offline, or HF_HUB_OFFLINE is set): "
+            "download the .zip instead and upload it from a connected machine."
+        )
+    api = huggingface_hub.HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=bool(private), exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            folder_path=str(store.adapter_dir(adapter.id)),
+            repo_id=repo_id,
+            commit_message=f"AdapterLab: {adapter.name}",
+        )
+    except Exception as exc:  # an HTTP error's message says what the Hub refused
+        raise SpecError(f"The Hub refused the upload: {exc}") from None
+    return {"repo_id": repo_id, "url": f"https://huggingface.co/{repo_id}", "commit": str(commit)}
+
+
+def list_combinations() -> dict[str, str]:
+    return dict(COMBINATIONS)
+
+
+def _combined_text(recipe: dict) -> str:
+    parts = "\n".join(
+        f"- {s['name']} (`{s['adapter_id']}`), weight {s['weight']}" for s in recipe["sources"]
+    )
+    return f"Combined by AdapterLab with PEFT's `{recipe['method']}` combination of:\n\n{parts}\n"
+
+
+def _model_card(folder: Path, name: str, base_model: str, body: str) -> None:
+    (folder / "README.md").write_text(
+        f"---\nbase_model: {base_model}\nlibrary_name: peft\ntags: [adapterlab]\n---\n"
+        f"# {name}\n\n{body}\n\nMade {time.strftime('%Y-%m-%d %H:%M')}. Load it with\n"
+        "`PeftModel.from_pretrained(base, folder)`.\n",
+        encoding="utf-8",
+    )
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

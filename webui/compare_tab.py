@@ -1,0 +1,264 @@
+"""Compare tab: adapters side by side on the PEFT trade-offs, and evaluations that score them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from finetune.evaluate import METRICS
+from storage.settings import Settings
+from storage.store import Store
+from webui import hub_actions
+from webui.data_tab import dataset_choices
+from webui.playground_tab import adapter_choices
+
+TRADEOFF_HEADERS = [
+    "adapter",
+    "method",
+    "trainable",
+    "trainable %",
+    "size on disk",
+    "peak train memory",
+    "train time",
+    "train tokens/s",
+    "eval metric",
+    "score",
+    "answer time vs base",
+]
+BASE = "base model"
+
+
+@dataclass
+class CompareTab:
+    selected: gr.Dropdown
+    dataset: gr.Dropdown
+    evaluation: gr.Dropdown
+    refresh: dict
+
+
+def tradeoff_rows(settings: Settings, adapter_ids: list[str] | None) -> list[list]:
+    rows = []
+    for r in hub_actions.tradeoffs(settings, adapter_ids or []):
+        rows.append(
+            [
+                f"{r['name']} · {r['adapter_id']}",
+                r["method"],
+                f"{r['trainable_params']:,}" if r["trainable_params"] else "",
+                f"{r['trainable_percent']:.3f}%" if r["trainable_percent"] else "",
+                f"{(r['size_bytes'] or 0) / 2**20:.2f} MiB",
+                f"{r['peak_memory_mb'] / 1024:.2f} GiB" if r["peak_memory_mb"] else "",
+                f"{r['train_seconds']:.0f} s" if r["train_seconds"] else "",
+                f"{r['train_tokens_per_s']:.1f}" if r["train_tokens_per_s"] else "",
+                r["metric"] or "(not evaluated)",
+                f"{r['metric_value']:.3f}" if r["metric_value"] is not None else "",
+                f"{r['inference_overhead']:.2f}x" if r["inference_overhead"] else "",
+            ]
+        )
+    return rows
+
+
+def evaluation_choices(settings: Settings) -> list[tuple[str, str]]:
+    return [
+        (f"{j.name} · {j.id}", j.id)
+        for j in Store(settings.data_dir).list_jobs()
+        if j.kind == "evaluate"
+    ]
+
+
+def on_evaluate_click(
+    settings: Settings,
+    adapter_ids: list[str] | None,
+    include_base: bool,
+    dataset_id: str | None,
+    metric: str,
+    max_rows: float,
+) -> tuple[str, dict]:
+    ids = ([None] if include_base else []) + list(adapter_ids or [])
+    try:
+        if not dataset_id:
+            raise ValueError("Pick a dataset to evaluate on.")
+        started = hub_actions.start_evaluation(
+            settings, ids, dataset_id, {"metric": metric, "max_rows": int(max_rows or 50)}
+        )
+    except (ValueError, LookupError) as exc:
+        return f"**Not started.** {exc}", gr.update()
+    message = (
+        f"Evaluation `{started['job_id']}` is queued: {len(ids)} model(s) × {started['rows']} "
+        f"rows, scored by {started['metric']}. Its results appear below as it finishes."
+    )
+    return message, gr.update(choices=evaluation_choices(settings), value=started["job_id"])
+
+
+def on_results_show(settings: Settings, job_id: str | None, only_differing: bool):
+    """The summary table, the bar chart and the per-example answers of one evaluation."""
+    empty = (None, None, None, "")
+    if not job_id:
+        return empty
+    try:
+        results = hub_actions.evaluation_results(settings, job_id)
+    except (ValueError, LookupError) as exc:
+        return (*empty[:3], f"**{exc}**")
+    names = {a.id: a.name for a in Store(settings.data_dir).list_adapters()}
+    label = lambda a: BASE if a is None else f"{names.get(a, a)} · {a}"  # noqa: E731
+    status = f"**{results['status']}** · {results['step']} of {results['total_steps'] or '?'}"
+    if results["error"]:
+        status += f" · {results['error']}"
+    if not results["summary"]:
+        return (*empty[:3], status + " · no results yet")
+    metric = results["metric"]
+    keys = ["rouge1", "rouge2", "rougeL"] if metric == "rouge" else [metric]
+    summary = pd.DataFrame(
+        [
+            [label(s["adapter"]), *[_score(s.get(k)) for k in keys], s["rows"], s["seconds"]]
+            for s in results["summary"]
+        ],
+        columns=["model", *keys, "rows", "seconds"],
+    )
+    short = lambda a: BASE if a is None else names.get(a, a)[:24]  # noqa: E731
+    bars = pd.DataFrame(
+        [
+            {"model": short(s["adapter"]), "score": s.get(keys[-1]) or 0.0}
+            for s in results["summary"]
+        ]
+    )
+    examples = []
+    for example in results["examples"]:
+        answers = example["answers"]
+        texts = {a["text"].strip() for a in answers}
+        scores = {a["score"] for a in answers}
+        if only_differing and len(texts) <= 1 and len(scores) <= 1:
+            continue
+        row = [example["index"] + 1, example["prompt"], example["reference"]]
+        for a in answers:
+            row.append(f"{a['text']} [{_score(a['score'])}]")
+        examples.append(row)
+    columns = [
+        "#",
+        "prompt",
+        "reference",
+        *(label(a["adapter"]) for a in results["examples"][0]["answers"]),
+    ]
+    shown = f" · {len(examples)} of {len(results['examples'])} examples shown"
+    return summary, bars, pd.DataFrame(examples, columns=columns), status + shown
+
+
+def on_results_tick(settings: Settings, job_id: str | None, only_differing: bool):
+    """While the evaluation runs (and just after it ends), the results again; else nothing to
+    redraw (a table redrawn every few seconds would lose the reader's place)."""
+    import time
+
+    try:
+        job = Store(settings.data_dir).get_job(job_id) if job_id else None
+    except LookupError:
+        job = None
+    if job is None or (job.finished_at and time.time() - job.finished_at > 10):
+        return tuple(gr.skip() for _ in range(4))
+    return on_results_show(settings, job_id, only_differing)
+
+
+def _score(value) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def build_compare_tab(settings: Settings) -> CompareTab:
+    gr.Markdown(
+        "Pick adapters to set side by side: what each costs (parameters, size, memory, time) "
+        "and what it gives (its newest evaluation score, and how long it takes to answer "
+        "against the base model, unmerged)."
+    )
+    selected = gr.Dropdown(label="Adapters", choices=[], multiselect=True)
+    tradeoffs_table = gr.Dataframe(headers=TRADEOFF_HEADERS, label="Trade-offs", interactive=False)
+    with gr.Accordion("Evaluate (a queued job)", open=True):
+        with gr.Row():
+            include_base = gr.Checkbox(value=True, label="Base model too")
+            dataset = gr.Dropdown(label="Dataset (its held-out rows)", choices=[], scale=2)
+            metric = gr.Dropdown(
+                choices=[("auto (fits the task)", "auto"), *((k, k) for k in METRICS)],
+                value="auto",
+                label="Metric",
+            )
+            max_rows = gr.Number(value=50, label="Rows at most", precision=0, minimum=1)
+        evaluate_button = gr.Button("Evaluate", variant="primary")
+        evaluate_md = gr.Markdown()
+    with gr.Row():
+        evaluation = gr.Dropdown(label="Evaluation", choices=[], scale=3)
+        only_differing = gr.Checkbox(value=False, label="Only examples where the answers differ")
+    results_md = gr.Markdown()
+    with gr.Row():
+        summary_table = gr.Dataframe(
+            headers=["model", "score", "rows", "seconds"],
+            label="Results",
+            interactive=False,
+            scale=2,
+        )
+        bars = gr.BarPlot(
+            x="model",
+            y="score",
+            title="Score",
+            label="Score by model",
+            x_label_angle=-30,
+            sort="-y",
+            scale=1,
+        )
+    examples_table = gr.Dataframe(
+        headers=["#", "prompt", "reference", "answers [score]"],
+        label="Examples",
+        interactive=False,
+        wrap=True,
+    )
+    timer = gr.Timer(3.0)
+
+    def refresh_fn(current_selected, current_dataset, current_evaluation):
+        adapters = adapter_choices(settings)
+        ids = {v for _, v in adapters}
+        kept = [a for a in current_selected or [] if a in ids]
+        datasets = dataset_choices(settings)
+        evaluations = evaluation_choices(settings)
+        dataset_ids = [v for _, v in datasets]
+        evaluation_ids = [v for _, v in evaluations]
+        return (
+            gr.update(choices=adapters, value=kept),
+            tradeoff_rows(settings, kept),
+            gr.update(
+                choices=datasets,
+                value=current_dataset if current_dataset in dataset_ids else None,
+            ),
+            gr.update(
+                choices=evaluations,
+                value=current_evaluation
+                if current_evaluation in evaluation_ids
+                else (evaluation_ids[0] if evaluation_ids else None),
+            ),
+        )
+
+    refresh = {
+        "fn": refresh_fn,
+        "inputs": [selected, dataset, evaluation],
+        "outputs": [selected, tradeoffs_table, dataset, evaluation],
+        "api_visibility": "private",
+    }
+    selected.input(
+        lambda ids: tradeoff_rows(settings, ids),
+        inputs=[selected],
+        outputs=[tradeoffs_table],
+        api_visibility="private",
+    )
+    evaluate_button.click(
+        lambda *v: on_evaluate_click(settings, *v),
+        inputs=[selected, include_base, dataset, metric, max_rows],
+        outputs=[evaluate_md, evaluation],
+        api_visibility="private",
+    )
+    show = {
+        "fn": lambda j, o: on_results_show(settings, j, o),
+        "inputs": [evaluation, only_differing],
+        "outputs": [summary_table, bars, examples_table, results_md],
+        "api_visibility": "private",
+        "show_progress": "hidden",
+    }
+    evaluation.change(**show)
+    only_differing.change(**show)
+    timer.tick(**{**show, "fn": lambda j, o: on_results_tick(settings, j, o)})
+    return CompareTab(selected=selected, dataset=dataset, evaluation=evaluation, refresh=refresh)

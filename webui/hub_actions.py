@@ -1,0 +1,226 @@
+"""Evaluate and merge adapters as queued jobs, read what they found, and set adapters side by side
+on the PEFT trade-offs (size, memory, speed, quality)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from finetune.evaluate import METRICS, check_metric, default_metric
+from finetune.fields import SpecError
+from finetune.merge import DTYPES, check_merge
+from finetune.models import load_config
+from finetune.spec import TRAINING_FIELDS
+from finetune.tasks import model_task
+from jobs.hub_runs import MERGED, eval_rows
+from jobs.queue import submit_job
+from storage.settings import Settings
+from storage.store import JobState, Store
+from webui.actions import zip_once
+from webui.playground_actions import entries
+
+MAX_EVAL_ROWS = 2000
+_TRAINING_DEFAULTS = {f.name: f.default for f in TRAINING_FIELDS}
+_EVAL_OPTIONS = {
+    "metric": "auto",
+    "max_rows": 50,
+    "max_new_tokens": 32,
+    "eval_fraction": None,  # None: as the adapters' training jobs split this dataset
+    "seed": None,
+    "base_model": None,
+    "name": None,
+}
+
+
+def start_evaluation(
+    settings: Settings,
+    adapter_ids: list[str | None],
+    dataset_id: str,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Queue a job in which the base (None) and the adapters answer the dataset's held-out rows
+    -> {job_id, status, metric, rows}."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(_EVAL_OPTIONS))
+    if unknown:
+        raise SpecError(f"options.{unknown[0]}: unknown (known: {', '.join(_EVAL_OPTIONS)})")
+    options = {**_EVAL_OPTIONS, **options}
+    store = Store(settings.data_dir)
+    try:
+        dataset = store.get_dataset(dataset_id)
+    except LookupError:
+        raise SpecError(f"dataset_id: no dataset {dataset_id!r}; upload one first") from None
+    model, chosen = entries(settings, adapter_ids, options["base_model"])
+    task = model_task(load_config(model, settings.allow_remote_code))
+    metric = options["metric"]
+    if metric in (None, "", "auto"):
+        metric = default_metric(task, dataset.format)
+    check_metric(metric, task, dataset.format != "text")
+    split = _split_of(store, [e[0] for e in chosen if e is not None], dataset.id)
+    spec = {
+        "base_model": options["base_model"] or _base_of(store, chosen),
+        "adapter_ids": [None if e is None else e[0] for e in chosen],
+        "dataset_id": dataset.id,
+        "metric": metric,
+        "max_rows": _whole(options["max_rows"], "max_rows", 1, MAX_EVAL_ROWS),
+        "max_new_tokens": _whole(options["max_new_tokens"], "max_new_tokens", 1, 512),
+        "eval_fraction": split[0] if options["eval_fraction"] is None else options["eval_fraction"],
+        "seed": split[1] if options["seed"] is None else _whole(options["seed"], "seed", 0, 2**31),
+    }
+    if not 0 < float(spec["eval_fraction"]) <= 0.5:
+        raise SpecError("options.eval_fraction: must be above 0 and at most 0.5")
+    rows = eval_rows(store, spec)
+    if not rows:
+        raise SpecError(
+            f"Dataset {dataset.name} has no held-out rows to evaluate on (it is too small for "
+            "an eval split): upload an eval file with it, or raise options.eval_fraction."
+        )
+    name = options["name"] or f"evaluate {len(chosen)} on {dataset.name}"
+    job = submit_job(settings, name[:200], spec, dataset.id, kind="evaluate")
+    return {"job_id": job.id, "status": job.state.value, "metric": metric, "rows": len(rows)}
+
+
+def _base_of(store: Store, chosen) -> str:
+    first = next(e for e in chosen if e is not None)
+    return store.get_adapter(first[0]).base_model
+
+
+def _split_of(store: Store, adapter_ids: list[str], dataset_id: str) -> tuple[float, int]:
+    """The held-out split of the first adapter trained on this dataset (what it never saw)."""
+    for adapter_id in adapter_ids:
+        job_id = store.get_adapter(adapter_id).job_id
+        if job_id is None:
+            continue
+        job = store.get_job(job_id)
+        if job.dataset_id == dataset_id and job.spec.get("training", {}).get("eval_fraction"):
+            return job.spec["training"]["eval_fraction"], job.spec["training"]["seed"]
+    return _TRAINING_DEFAULTS["eval_fraction"] or 0.1, _TRAINING_DEFAULTS["seed"]
+
+
+def _whole(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise SpecError(f"options.{name}: must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise SpecError(f"options.{name}: must be from {low} to {high}")
+    return int(value)
+
+
+def start_merge(settings: Settings, adapter_id: str, dtype: str = "float32") -> dict[str, Any]:
+    """Queue a job that merges the adapter into its base and checks the result -> {job_id}."""
+    store = Store(settings.data_dir)
+    adapter = store.get_adapter(adapter_id)
+    check_merge(adapter.method, dtype or "float32")
+    spec = {"adapter_id": adapter.id, "base_model": adapter.base_model, "dtype": dtype}
+    name = f"merge {adapter.name} ({dtype})"[:200]
+    job = submit_job(settings, name, spec, None, kind="merge")
+    return {"job_id": job.id, "status": job.state.value}
+
+
+def evaluation_results(settings: Settings, job_id: str) -> dict[str, Any]:
+    """An evaluation job's state, and once it has them its summary and per-example answers."""
+    job = Store(settings.data_dir).get_job(job_id)
+    if job.kind != "evaluate":
+        raise ValueError(f"Job {job_id} is a {job.kind} job, not an evaluation.")
+    result = job.result or {}
+    return {
+        "job_id": job.id,
+        "status": job.state.value,
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "metric": job.spec["metric"],
+        "summary": result.get("summary", []),
+        "examples": result.get("examples", []),
+        "error": job.error,
+    }
+
+
+def download_merged(settings: Settings, job_id: str) -> Path:
+    """The merged model of a finished merge job, as a .zip."""
+    store = Store(settings.data_dir)
+    job = store.get_job(job_id)
+    if job.kind != "merge":
+        raise ValueError(f"Job {job_id} is a {job.kind} job, not a merge.")
+    folder = store.job_dir(job.id) / MERGED
+    if job.state != JobState.SUCCEEDED or not folder.is_dir():
+        raise ValueError(f"Job {job_id} is {job.state.value}: no merged model to download yet.")
+    return zip_once(folder, store.data_dir / "downloads" / f"merged-{job.id}.zip", "merged")
+
+
+def merged_models(settings: Settings) -> list[dict[str, Any]]:
+    """Finished merges, newest first: {job_id, adapter_id, dtype, max_logit_diff, bytes}."""
+    store = Store(settings.data_dir)
+    return [
+        {"job_id": j.id, "name": j.name, **{k: (j.result or {}).get(k) for k in _MERGE_KEYS}}
+        for j in store.list_jobs()
+        if j.kind == "merge" and j.state == JobState.SUCCEEDED
+    ]
+
+
+_MERGE_KEYS = ("adapter_id", "dtype", "max_logit_diff", "max_logit", "bytes")
+
+
+def tradeoffs(settings: Settings, adapter_ids: list[str]) -> list[dict[str, Any]]:
+    """One row per adapter: what it costs (parameters, size, memory, time) and what it gives
+    (its newest evaluation, and its answering time against the base in that evaluation)."""
+    store = Store(settings.data_dir)
+    adapters = [store.get_adapter(a) for a in adapter_ids]
+    scores = store.latest_evaluations([a.id for a in adapters])
+    rows = []
+    for adapter in adapters:
+        row: dict[str, Any] = {
+            "adapter_id": adapter.id,
+            "name": adapter.name,
+            "method": adapter.method,
+            "origin": adapter.origin,
+            "trainable_params": adapter.trainable_params,
+            "trainable_percent": _percent(adapter.trainable_params, adapter.total_params),
+            "size_bytes": adapter.size_bytes,
+            "peak_memory_mb": None,
+            "train_seconds": None,
+            "train_tokens_per_s": None,
+            "metric": None,
+            "metric_value": None,
+            "inference_overhead": None,
+        }
+        if adapter.job_id:
+            job = store.get_job(adapter.job_id)
+            metrics = store.list_metrics(job.id)
+            memory = [m.memory_mb for m in metrics if m.memory_mb is not None]
+            speed = [m.tokens_per_s for m in metrics if m.tokens_per_s is not None]
+            row["peak_memory_mb"] = max(memory) if memory else None
+            row["train_tokens_per_s"] = sum(speed) / len(speed) if speed else None
+            if job.started_at and job.finished_at:
+                row["train_seconds"] = round(job.finished_at - job.started_at, 1)
+        newest = max(
+            scores.get(adapter.id, {}).values(), key=lambda r: r["created_at"], default=None
+        )
+        if newest is not None:
+            row["metric"], row["metric_value"] = newest["metric"], newest["value"]
+            row["metric_dataset"] = newest["dataset_id"]
+            row["inference_overhead"] = _overhead(store, newest)
+        rows.append(row)
+    return rows
+
+
+def _percent(part: int | None, whole: int | None) -> float | None:
+    return round(100 * part / whole, 4) if part and whole else None
+
+
+def _overhead(store: Store, scored: dict) -> float | None:
+    """The adapter's answering time over the base model's, in the same evaluation job."""
+    base = [
+        r
+        for r in store.job_evaluations(scored["job_id"])
+        if r["adapter_id"] is None and r["metric"] == scored["metric"]
+    ]
+    if not base or not base[0]["seconds"] or scored["seconds"] is None:
+        return None
+    return round(scored["seconds"] / base[0]["seconds"], 3)
+
+
+def list_metrics() -> dict[str, str]:
+    return dict(METRICS)
+
+
+def list_dtypes() -> tuple[str, ...]:
+    return DTYPES
