@@ -18,9 +18,14 @@ MERGED = "merged"  # the merged model's folder, inside the job's folder
 
 
 def eval_rows(store: Store, spec: dict) -> list[dict]:
-    """The rows an evaluation scores: the dataset's own eval split, else the held-out split its
-    training jobs use (eval_fraction and seed as given), at most max_rows of them."""
+    """The rows an evaluation scores, at most max_rows: with split "all" every row of the
+    dataset (a file uploaded to evaluate on); else its own eval split, or failing that the
+    held-out split its training jobs use (eval_fraction and seed as given)."""
     folder = store.dataset_dir(spec["dataset_id"])
+    if spec.get("split") == "all":
+        return (read_rows(folder / "rows.jsonl") + read_rows(folder / "eval.jsonl"))[
+            : spec["max_rows"]
+        ]
     rows = read_rows(folder / "eval.jsonl")
     if not rows:
         _, rows = split_rows(read_rows(folder / "rows.jsonl"), spec["eval_fraction"], spec["seed"])

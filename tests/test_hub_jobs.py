@@ -173,9 +173,29 @@ def test_refusals_name_the_field(worker_settings, dataset_id, trained):
         )
     with pytest.raises(SpecError, match=r"options\.top: unknown"):
         hub_actions.start_evaluation(worker_settings, [trained["lora"]], dataset_id, {"top": 1})
+    with pytest.raises(SpecError, match=r"options\.split: must be held_out or all"):
+        hub_actions.start_evaluation(
+            worker_settings, [trained["lora"]], dataset_id, {"split": "some"}
+        )
     with pytest.raises(SpecError, match="dataset_id: no dataset"):
         hub_actions.start_evaluation(worker_settings, [trained["lora"]], "ds-000000000000")
     with pytest.raises(ValueError, match="not an evaluation"):
         hub_actions.evaluation_results(
             worker_settings, Store(worker_settings.data_dir).list_jobs()[-1].id
         )
+
+
+def test_all_rows_of_a_dataset_made_to_evaluate_on(settings, store, tmp_path):
+    """split "all": every row (an uploaded eval file); held_out: only the split training left."""
+    from jobs.hub_runs import eval_rows
+    from webui import data_actions
+
+    path = tmp_path / "eval.jsonl"
+    path.write_text(
+        "".join(f'{{"prompt": "What is {a} + 1?", "completion": "{a + 1}"}}\n' for a in range(40))
+    )
+    dataset_id = data_actions.upload_dataset(settings, [str(path)], "to evaluate")["id"]
+    spec = {"dataset_id": dataset_id, "max_rows": 100, "eval_fraction": 0.1, "seed": 42}
+    assert len(eval_rows(store, {**spec, "split": "all"})) == 40
+    assert len(eval_rows(store, {**spec, "split": "held_out"})) == 4
+    assert len(eval_rows(store, {**spec, "split": "all", "max_rows": 7})) == 7

@@ -74,13 +74,17 @@ def on_evaluate_click(
     dataset_id: str | None,
     metric: str,
     max_rows: float,
+    split: str = "held_out",
 ) -> tuple[str, dict]:
     ids = ([None] if include_base else []) + list(adapter_ids or [])
     try:
         if not dataset_id:
             raise ValueError("Pick a dataset to evaluate on.")
         started = hub_actions.start_evaluation(
-            settings, ids, dataset_id, {"metric": metric, "max_rows": int(max_rows or 50)}
+            settings,
+            ids,
+            dataset_id,
+            {"metric": metric, "max_rows": int(max_rows or 50), "split": split or "held_out"},
         )
     except (ValueError, LookupError) as exc:
         return f"**Not started.** {exc}", gr.update()
@@ -173,13 +177,19 @@ def build_compare_tab(settings: Settings) -> CompareTab:
     with gr.Accordion("Evaluate (a queued job)", open=True):
         with gr.Row():
             include_base = gr.Checkbox(value=True, label="Base model too")
-            dataset = gr.Dropdown(label="Dataset (its held-out rows)", choices=[], scale=2)
+            dataset = gr.Dropdown(label="Dataset to evaluate on", choices=[], scale=2)
             metric = gr.Dropdown(
                 choices=[("auto (fits the task)", "auto"), *((k, k) for k in METRICS)],
                 value="auto",
                 label="Metric",
             )
             max_rows = gr.Number(value=50, label="Rows at most", precision=0, minimum=1)
+            split_radio = gr.Radio(
+                [("held-out rows", "held_out"), ("all rows", "all")],
+                value="held_out",
+                label="Rows",
+                info="All: a dataset uploaded to evaluate on",
+            )
         evaluate_button = gr.Button("Evaluate", variant="primary")
         evaluate_md = gr.Markdown()
     with gr.Row():
@@ -247,7 +257,7 @@ def build_compare_tab(settings: Settings) -> CompareTab:
     )
     evaluate_button.click(
         lambda *v: on_evaluate_click(settings, *v),
-        inputs=[selected, include_base, dataset, metric, max_rows],
+        inputs=[selected, include_base, dataset, metric, max_rows, split_radio],
         outputs=[evaluate_md, evaluation],
         api_visibility="private",
     )

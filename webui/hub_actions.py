@@ -23,6 +23,7 @@ MAX_EVAL_ROWS = 2000
 _TRAINING_DEFAULTS = {f.name: f.default for f in TRAINING_FIELDS}
 _EVAL_OPTIONS = {
     "metric": "auto",
+    "split": "held_out",  # or "all": every row (a dataset uploaded to evaluate on)
     "max_rows": 50,
     "max_new_tokens": 32,
     "eval_fraction": None,  # None: as the adapters' training jobs split this dataset
@@ -64,6 +65,7 @@ def start_evaluation(
         "metric": metric,
         "max_rows": _whole(options["max_rows"], "max_rows", 1, MAX_EVAL_ROWS),
         "max_new_tokens": _whole(options["max_new_tokens"], "max_new_tokens", 1, 512),
+        "split": _split_option(options["split"]),
         "eval_fraction": split[0] if options["eval_fraction"] is None else options["eval_fraction"],
         "seed": split[1] if options["seed"] is None else _whole(options["seed"], "seed", 0, 2**31),
     }
@@ -78,6 +80,12 @@ def start_evaluation(
     name = options["name"] or f"evaluate {len(chosen)} on {dataset.name}"
     job = submit_job(settings, name[:200], spec, dataset.id, kind="evaluate")
     return {"job_id": job.id, "status": job.state.value, "metric": metric, "rows": len(rows)}
+
+
+def _split_option(value: Any) -> str:
+    if value not in ("held_out", "all"):
+        raise SpecError(f"options.split: must be held_out or all, got {value!r}")
+    return value
 
 
 def _base_of(store: Store, chosen) -> str:

@@ -133,7 +133,7 @@ def hub_flow(page, app: LaunchedApp, adapters: list[str], tmp_path: Path) -> Non
     expect(table).to_contain_text(lora)
     expect(table).to_contain_text(ia3)
     expect(table).to_contain_text("ia3")
-    choose(page, "Dataset (its held-out rows)", "2,000 rows")
+    choose(page, "Dataset to evaluate on", "2,000 rows")
     rows = page.get_by_role("spinbutton", name="Rows at most", exact=True)
     rows.fill("3")
     rows.press("Tab")
