@@ -7,6 +7,7 @@ import json
 import math
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -15,7 +16,11 @@ from finetune.train import LABELS_FILE
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
-KEPT = (CONFIG, WEIGHTS, "README.md", "recipe.json", LABELS_FILE)  # copied; anything else is not
+# Copied; anything else is not. A recipe.json is not: it would be trusted to train further.
+KEPT = (CONFIG, WEIGHTS, "README.md", LABELS_FILE)
+# LoRA starts that rewrite the base's own weights when the adapter is loaded: an adapter saved
+# with one unconverted would change the base that the playground shares between adapters.
+REWRITES_BASE = ("pissa", "olora", "corda", "loftq", "eva")
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MAX_ENTRIES = 10_000
 CHUNK = 1 << 20
@@ -102,12 +107,19 @@ def _safe_path(info: zipfile.ZipInfo) -> PurePosixPath:
 
 def _copy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
     """Copies one entry, counting the bytes really read (a zip may lie about its sizes)."""
-    with archive.open(info) as source, target.open("wb") as out:
-        while chunk := source.read(CHUNK):
-            budget -= len(chunk)
-            if budget < 0:
-                raise SpecError("The adapter's files unpack to more than the upload limit.")
-            out.write(chunk)
+    try:
+        with archive.open(info) as source, target.open("wb") as out:
+            while chunk := source.read(CHUNK):
+                budget -= len(chunk)
+                if budget < 0:
+                    raise SpecError("The adapter's files unpack to more than the upload limit.")
+                out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise SpecError(f"The zip entry {info.filename!r} is damaged: {exc}") from None
+    except RuntimeError as exc:  # zipfile's word for an encrypted entry
+        raise SpecError(f"The zip entry {info.filename!r} cannot be read: {exc}") from None
+    except NotImplementedError as exc:
+        raise SpecError(f"The zip entry {info.filename!r} uses {exc}; re-zip it.") from None
     return budget
 
 
@@ -136,6 +148,15 @@ def check_adapter(folder: Path, base_path: str, trust_remote_code: bool = False)
         config = PeftConfig.from_pretrained(str(folder))
     except Exception as exc:  # PEFT's own validation of the fields
         raise SpecError(f"{CONFIG} does not make a valid {peft_type} config: {exc}") from None
+    init = str(getattr(config, "init_lora_weights", True)).lower()
+    if init.startswith(REWRITES_BASE):
+        raise SpecError(
+            f"The adapter was saved with its {init} start unconverted: loading it would rewrite "
+            "the base model's weights. Save it converted to plain LoRA (PEFT's "
+            "path_initial_model_for_weight_conversion), then zip it again."
+        )
+    if getattr(config, "layer_replication", None):
+        raise SpecError("The adapter replicates base layers (layer_replication); not supported.")
     warnings = []
     task = model_task(load_config(base_path, trust_remote_code))
     adapter_task = getattr(config.task_type, "value", config.task_type)

@@ -141,10 +141,10 @@ def evaluate(
         nll, tokens, seconds = 0.0, 0, 0.0
         for row, example in zip(rows, examples, strict=True):
             if metric == "perplexity":
-                start = time.perf_counter()
                 with cache.using(model_path, entry, trust_remote_code) as (model, tokenizer, _):
+                    start = time.perf_counter()  # loading the model is not answering
                     row_nll, row_tokens = answer_losses(model, tokenizer, row)
-                seconds += time.perf_counter() - start
+                    seconds += time.perf_counter() - start
                 nll, tokens = nll + row_nll, tokens + row_tokens
                 score = math.exp(row_nll / row_tokens) if row_tokens else None
                 example["answers"].append({"adapter": name, "text": "", "score": score})

@@ -56,6 +56,7 @@ def _activate(loaded: _Loaded, name: str) -> None:
         for layer in loaded.layers:
             layer._active_adapter = [name]
         loaded.model.base_model.active_adapter = name
+        loaded.model.active_adapter = name  # PeftModel keeps its own copy (as set_adapter does)
     else:
         loaded.model.set_adapter(name)
     loaded.active = name
@@ -68,7 +69,7 @@ SHAREABLE = {"LORA", "LOHA", "LOKR", "IA3"}
 OWN_MODELS = 2  # models of their own kept per base: enough to compare two side by side
 
 
-def load_trained(base_path: str, folder: Path, trust_remote_code: bool = False):
+def load_trained(base_path: str, folder: Path, trust_remote_code: bool = False, dtype=None):
     """What a job wrote, as a model to generate with: a PEFT adapter on its base, a full model
     folder, or a base with selected weights replaced."""
     import json
@@ -80,19 +81,27 @@ def load_trained(base_path: str, folder: Path, trust_remote_code: bool = False):
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base, _ = load_model(base_path, trust_remote_code, labels=labels)
+        base, _ = load_model(base_path, trust_remote_code, labels=labels, dtype=dtype)
         return PeftModel.from_pretrained(base, str(folder))
     if (folder / SELECTED_WEIGHTS).exists():
         from safetensors.torch import load_file
 
-        model, _ = load_model(base_path, trust_remote_code, labels=labels)
+        model, _ = load_model(base_path, trust_remote_code, labels=labels, dtype=dtype)
         weights = load_file(folder / SELECTED_WEIGHTS)
         missing = set(weights) - set(model.state_dict())
         if missing:
             raise ValueError(f"{folder.name}: weights {sorted(missing)[:3]} are not in the base")
         model.load_state_dict(weights, strict=False)
         return model
-    return load_model(str(folder), trust_remote_code)[0]
+    return load_model(str(folder), trust_remote_code, dtype=dtype)[0]
+
+
+def _on_device(model):
+    """On the GPU where there is one (a worker's, or the app's): answering there is what the
+    bfloat16 it loads in is for."""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() else model
 
 
 def _peft_type(folder: Path) -> str | None:
@@ -119,7 +128,7 @@ class ModelCache:
         from finetune.train import load_model
 
         model, tokenizer = load_model(model_path, trust_remote_code)
-        model.eval()
+        model = _on_device(model).eval()
         task = model_task(model.config)
         loaded = _Loaded(model=model, tokenizer=tokenizer, adapters=set(), task=task)
         self._models[model_path] = loaded
@@ -138,15 +147,21 @@ class ModelCache:
         if own or loaded.task != CAUSAL_LM:  # a classifier's head is sized by its labels
             while len(loaded.own) >= OWN_MODELS:  # each is a whole copy of the base
                 loaded.own.popitem(last=False)
-            loaded.own[name] = load_trained(model_path, folder, trust).eval()
+            loaded.own[name] = _on_device(load_trained(model_path, folder, trust)).eval()
             return
         from peft import PeftModel
 
+        try:
+            if not loaded.adapters:
+                loaded.model = PeftModel.from_pretrained(
+                    loaded.model, str(folder), adapter_name=name
+                )
+            else:
+                loaded.model.load_adapter(str(folder), adapter_name=name)
+        except BaseException:  # adapter layers may be in the base already: load it afresh
+            self._models.pop(model_path, None)
+            raise
         loaded.peft_type = peft_type
-        if not loaded.adapters:
-            loaded.model = PeftModel.from_pretrained(loaded.model, str(folder), adapter_name=name)
-        else:
-            loaded.model.load_adapter(str(folder), adapter_name=name)
         loaded.model.eval()
         loaded.adapters.add(name)
         loaded.layers, loaded.active = None, None  # new adapter layers may have been made

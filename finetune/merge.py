@@ -46,7 +46,8 @@ def merge_into_base(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
-    model = load_trained(base_path, folder, trust_remote_code).eval()
+    # float32 whatever the device: the reference the merged model is checked against
+    model = load_trained(base_path, folder, trust_remote_code, dtype=torch.float32).eval()
     inputs = [_inputs(model, tokenizer, p) for p in prompts]
     with torch.inference_mode():
         before = [model(**x).logits.float() for x in inputs]

@@ -90,13 +90,16 @@ def load_model(
     trust_remote_code: bool = False,
     quantization: dict | None = None,
     labels: list[str] | None = None,
+    dtype=None,
 ):
     """The model (with the head its task needs; labels size a classifier) and tokenizer; with
-    quantization (bitsandbytes kwargs), the base in 4 / 8 bits made ready for k-bit training."""
+    quantization (bitsandbytes kwargs), the base in 4 / 8 bits made ready for k-bit training.
+    dtype: a torch dtype; by default bfloat16 where the GPU has it, else float32."""
     import torch
     from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 
-    dtype = torch.bfloat16 if device_settings()["bf16"] else torch.float32
+    if dtype is None:
+        dtype = torch.bfloat16 if device_settings()["bf16"] else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     task = model_task(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
     extra = {}

@@ -17,6 +17,7 @@ from finetune.models import ModelError, resolve_model
 from finetune.quiet import quiet_library_logs
 from finetune.spec import JobSpec, parse_spec
 from finetune.train import Reporter, TrainResult, final_metrics, train, write_model_card
+from jobs.runner import OOM_ADVICE_BY_KIND as KIND_OOM_ADVICE
 from storage.settings import Settings, from_env
 from storage.store import JobState, Store
 
@@ -130,13 +131,15 @@ OOM_ADVICE = (
 )
 
 
-def plain_reason(exc: BaseException) -> str:
-    """One sentence a user can act on, for the failures we know."""
+def plain_reason(exc: BaseException, kind: str = "train") -> str:
+    """One sentence a user can act on, for the failures we know (kind: the job's kind)."""
     text = str(exc)
     if isinstance(exc, ModelError | SpecError | DataError):
         return text
     if "out of memory" in text.lower() or isinstance(exc, MemoryError):
         where = "GPU" if "cuda" in text.lower() else "machine"
+        if kind != "train":
+            return f"The {kind} job ran out of memory on the {where}: {KIND_OOM_ADVICE[kind]}."
         return f"The run ran out of memory on the {where}. {OOM_ADVICE}"
     if isinstance(exc, IndexError) and "index out of range" in text:
         return (
@@ -149,7 +152,8 @@ def plain_reason(exc: BaseException) -> str:
         return f"A file the job needs is missing: {exc.filename or text}."
     if type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
         return f"The model could not be downloaded (offline or unreachable Hub): {text}"
-    return f"Training failed: {type(exc).__name__}: {text}"
+    failed = "Training failed" if kind == "train" else f"The {kind} job failed"
+    return f"{failed}: {type(exc).__name__}: {text}"
 
 
 def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:

@@ -48,7 +48,7 @@ def run_hub_job(settings: Settings, job_id: str, reporter) -> JobState:
         from jobs.child import plain_reason
 
         traceback.print_exc()
-        reason = plain_reason(exc).replace("Training failed", f"The {job.kind} job failed")
+        reason = plain_reason(exc, job.kind)
         store.finish_job(job_id, JobState.FAILED, reason, traceback.format_exc()[-4000:])
         return JobState.FAILED
 

@@ -122,10 +122,11 @@ def run_job(settings: Settings, job_id: str, devices: list[str]) -> None:
     if cancel_seen is not None:
         settled = store.finish_job(job_id, JobState.CANCELLED, "Cancelled; the run was stopped.")
     elif code < 0:  # killed from outside (the OOM killer, most often): resumable, not failed
-        reason = explain_exit(code, store.get_job(job_id).checkpoint)
+        reason = explain_exit(code, store.get_job(job_id).checkpoint, job.kind)
         settled = store.finish_job(job_id, JobState.INTERRUPTED, reason, log_tail(log_path))
     else:
-        settled = store.finish_job(job_id, JobState.FAILED, explain_exit(code), log_tail(log_path))
+        reason = explain_exit(code, kind=job.kind)
+        settled = store.finish_job(job_id, JobState.FAILED, reason, log_tail(log_path))
     if settled:
         logging.info("job %s: child exited with %s before finishing", job_id, code)
 
@@ -138,22 +139,30 @@ def stop(child: subprocess.Popen, grace_s: float) -> None:
         child.kill()
 
 
-def explain_exit(code: int, checkpoint: str | None = None) -> str:
+# What to change when a job's process is killed for memory, by the job's kind.
+OOM_ADVICE_BY_KIND = {
+    "train": "try QLoRA, a smaller batch size or max length, or activation checkpointing",
+    "evaluate": "try fewer adapters at once, or fewer new tokens",
+    "merge": "free memory (the merge holds the base model twice), or merge on a larger machine",
+}
+
+
+def explain_exit(code: int, checkpoint: str | None = None, kind: str = "train") -> str:
+    what = "training process" if kind == "train" else f"{kind} process"
     then = (
         f" Resume it from its last checkpoint ({checkpoint}), or retry it."
         if checkpoint
-        else " It had no checkpoint yet: retry it."
+        else (" It had no checkpoint yet: retry it." if kind == "train" else " Retry it.")
     )
     if code < 0:
         name = signal.Signals(-code).name
         if -code == signal.SIGKILL:
             return (
-                f"The training process was killed ({name}), most often because the machine ran "
-                "out of memory: try QLoRA, a smaller batch size or max length, or activation "
-                "checkpointing." + then
+                f"The {what} was killed ({name}), most often because the machine ran out of "
+                f"memory: {OOM_ADVICE_BY_KIND.get(kind, OOM_ADVICE_BY_KIND['train'])}." + then
             )
-        return f"The training process was stopped by signal {name}." + then
-    return f"The training process exited with status {code} before reporting a result."
+        return f"The {what} was stopped by signal {name}." + then
+    return f"The {what} exited with status {code} before reporting a result."
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

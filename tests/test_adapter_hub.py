@@ -212,3 +212,36 @@ def test_push_to_hub_says_what_is_missing(settings, tiny_model, tmp_path, monkey
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     with pytest.raises(SpecError, match="The Hub is not reachable from this machine"):
         adapter_actions.push_to_hub(settings, adapter_id, "me/my-adapter")
+
+
+def test_adapters_that_would_rewrite_the_base_or_are_damaged_are_refused(
+    settings, store, tiny_model, tmp_path
+):
+    folder = make_adapter(tiny_model, tmp_path / "a", lora(), seed=9)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    pissa = tmp_path / "pissa"
+    pissa.mkdir()
+    (pissa / "adapter_config.json").write_text(json.dumps({**config, "init_lora_weights": "pissa"}))
+    (pissa / "adapter_model.safetensors").write_bytes(
+        (folder / "adapter_model.safetensors").read_bytes()
+    )
+    with pytest.raises(SpecError, match="pissa start unconverted: loading it would rewrite"):
+        adapter_actions.import_adapter(
+            settings, str(zip_folder(pissa, tmp_path / "p.zip")), str(tiny_model)
+        )
+
+    damaged = zip_folder(folder, tmp_path / "d.zip")
+    data = bytearray(damaged.read_bytes())
+    offset = data.find(b"lora_A") + 200  # inside the weights file's stored bytes
+    data[offset] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(SpecError, match="is damaged"):
+        adapter_actions.import_adapter(settings, str(damaged), str(tiny_model))
+    assert_nothing_stored(settings, store)
+
+    (folder / "recipe.json").write_text('{"base_model": "someone/else", "method": "full"}')
+    made = adapter_actions.import_adapter(
+        settings, str(zip_folder(folder, tmp_path / "r.zip")), str(tiny_model)
+    )
+    assert not (store.adapter_dir(made["adapter_id"]) / "recipe.json").exists()
+    assert "my-adapter/recipe.json" in made["ignored_files"], "never trusted to train further"

@@ -44,3 +44,12 @@ def test_exits_say_what_happened_and_what_to_do():
     assert "no checkpoint yet: retry it" in explain_exit(-signal.SIGKILL, None)
     assert "stopped by signal SIGTERM" in explain_exit(-signal.SIGTERM, None)
     assert "exited with status 3" in explain_exit(3)
+
+
+def test_jobs_that_do_not_train_are_told_in_their_own_words():
+    assert "The merge process was killed (SIGKILL)" in explain_exit(-signal.SIGKILL, kind="merge")
+    assert "holds the base model twice" in explain_exit(-signal.SIGKILL, kind="merge")
+    assert "QLoRA" not in explain_exit(-signal.SIGKILL, kind="evaluate")
+    assert explain_exit(-signal.SIGTERM, kind="evaluate").endswith("Retry it.")
+    assert plain_reason(MemoryError(), "evaluate").startswith("The evaluate job ran out of memory")
+    assert plain_reason(ValueError("odd"), "merge") == "The merge job failed: ValueError: odd"

@@ -199,3 +199,25 @@ def test_all_rows_of_a_dataset_made_to_evaluate_on(settings, store, tmp_path):
     assert len(eval_rows(store, {**spec, "split": "all"})) == 40
     assert len(eval_rows(store, {**spec, "split": "held_out"})) == 4
     assert len(eval_rows(store, {**spec, "split": "all", "max_rows": 7})) == 7
+
+
+def test_an_adapter_that_held_out_nothing_is_flagged(settings, store):
+    """Evaluating on the dataset an adapter trained on with eval_fraction 0 scores its own
+    training rows: the start says so (and which split is used when adapters differ)."""
+    from webui import data_actions
+    from webui.hub_actions import _split_of
+
+    dataset_id = data_actions.add_sample(settings, "arithmetic")["id"]
+    ids = []
+    for name, fraction, seed in (("a", 0.0, 1), ("b", 0.2, 7), ("c", 0.1, 3)):
+        spec = {"training": {"eval_fraction": fraction, "seed": seed}}
+        job = store.add_job(name, spec, dataset_id)
+        staged = store.tmp_dir()
+        (staged / "adapter_config.json").write_text("{}")
+        adapter = store.add_adapter(staged, job_id=job.id, name=name, base_model="m", method="lora")
+        ids.append(adapter.id)
+    split, warnings = _split_of(store, ids, dataset_id)
+    assert split == (0.2, 7), "the first adapter that held rows out"
+    assert any(w.startswith("a held out no rows of this dataset") for w in warnings)
+    assert any("held out different rows" in w for w in warnings)
+    assert _split_of(store, ids[2:], dataset_id) == ((0.1, 3), [])

@@ -117,3 +117,20 @@ def test_stop_strings_end_the_answer_before_them():
     assert _cut("a ### b ## c", ("##", "###")) == "a"
     assert _cut("no stop here", ("###",)) == "no stop here"
     assert GenerationParams().stop == ()
+
+
+def test_an_adapter_that_fails_to_load_leaves_no_half_changed_base(
+    settings, tiny_model, adapter_ids, tmp_path
+):
+    """Weights that do not load: the error reaches the caller, and the base (which may already
+    hold the new adapter's layers) is dropped, so the next answer loads it afresh."""
+    store = adapter_actions.Store(settings.data_dir)
+    broken = store.adapter_dir(adapter_ids[1]) / "adapter_model.safetensors"
+    good = playground_actions.compare(settings, "Hi", [None], SAMPLING, str(tiny_model))
+    assert PLAYGROUND._models, "the base is loaded"
+    broken.write_bytes(b"not safetensors")
+    with pytest.raises(Exception):  # noqa: B017 (safetensors' own error type)
+        playground_actions.compare(settings, "Hi", [adapter_ids[1]], SAMPLING)
+    assert not PLAYGROUND._models, "the base it was loaded into is dropped"
+    again = playground_actions.compare(settings, "Hi", [None], SAMPLING, str(tiny_model))
+    assert again["outputs"][0]["text"] == good["outputs"][0]["text"]

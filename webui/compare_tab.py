@@ -91,7 +91,7 @@ def on_evaluate_click(
     message = (
         f"Evaluation `{started['job_id']}` is queued: {len(ids)} model(s) × {started['rows']} "
         f"rows, scored by {started['metric']}. Its results appear below as it finishes."
-    )
+    ) + "".join(f"\n- **Note:** {w}" for w in started["warnings"])
     return message, gr.update(choices=evaluation_choices(settings), value=started["job_id"])
 
 

@@ -57,7 +57,7 @@ def start_evaluation(
     if metric in (None, "", "auto"):
         metric = default_metric(task, dataset.format)
     check_metric(metric, task, dataset.format != "text")
-    split = _split_of(store, [e[0] for e in chosen if e is not None], dataset.id)
+    split, warnings = _split_of(store, [e[0] for e in chosen if e is not None], dataset.id)
     spec = {
         "base_model": options["base_model"] or _base_of(store, chosen),
         "adapter_ids": [None if e is None else e[0] for e in chosen],
@@ -79,7 +79,20 @@ def start_evaluation(
         )
     name = options["name"] or f"evaluate {len(chosen)} on {dataset.name}"
     job = submit_job(settings, name[:200], spec, dataset.id, kind="evaluate")
-    return {"job_id": job.id, "status": job.state.value, "metric": metric, "rows": len(rows)}
+    if spec["split"] == "all" or _has_own_eval(store, dataset.id):
+        warnings = [w for w in warnings if "held out" not in w]
+    return {
+        "job_id": job.id,
+        "status": job.state.value,
+        "metric": metric,
+        "rows": len(rows),
+        "warnings": warnings,
+    }
+
+
+def _has_own_eval(store: Store, dataset_id: str) -> bool:
+    path = store.dataset_dir(dataset_id) / "eval.jsonl"
+    return path.is_file() and path.stat().st_size > 0
 
 
 def _split_option(value: Any) -> str:
@@ -93,16 +106,37 @@ def _base_of(store: Store, chosen) -> str:
     return store.get_adapter(first[0]).base_model
 
 
-def _split_of(store: Store, adapter_ids: list[str], dataset_id: str) -> tuple[float, int]:
-    """The held-out split of the first adapter trained on this dataset (what it never saw)."""
+def _split_of(
+    store: Store, adapter_ids: list[str], dataset_id: str
+) -> tuple[tuple[float, int], list[str]]:
+    """The held-out split of the adapters trained on this dataset (what they never saw), and
+    warnings when there is none that they all share."""
+    splits, unseen = {}, []
     for adapter_id in adapter_ids:
-        job_id = store.get_adapter(adapter_id).job_id
-        if job_id is None:
+        adapter = store.get_adapter(adapter_id)
+        if adapter.job_id is None:
             continue
-        job = store.get_job(job_id)
-        if job.dataset_id == dataset_id and job.spec.get("training", {}).get("eval_fraction"):
-            return job.spec["training"]["eval_fraction"], job.spec["training"]["seed"]
-    return _TRAINING_DEFAULTS["eval_fraction"] or 0.1, _TRAINING_DEFAULTS["seed"]
+        job = store.get_job(adapter.job_id)
+        if job.dataset_id != dataset_id:
+            continue
+        training = job.spec.get("training", {})
+        if not training.get("eval_fraction"):
+            unseen.append(adapter.name)
+        else:
+            splits[adapter.name] = (training["eval_fraction"], training["seed"])
+    warnings = []
+    if unseen:
+        warnings.append(
+            f"{', '.join(unseen)} held out no rows of this dataset (eval_fraction 0): the rows "
+            "scored may be rows it trained on. Evaluate on a dataset it did not see."
+        )
+    if len(set(splits.values())) > 1:
+        warnings.append(
+            "The adapters held out different rows of this dataset; the first one's held-out "
+            "rows are scored, which the others may have trained on."
+        )
+    default = (_TRAINING_DEFAULTS["eval_fraction"] or 0.1, _TRAINING_DEFAULTS["seed"])
+    return next(iter(splits.values()), default), warnings
 
 
 def _whole(value: Any, name: str, low: int, high: int) -> int:
@@ -117,7 +151,8 @@ def start_merge(settings: Settings, adapter_id: str, dtype: str = "float32") -> 
     """Queue a job that merges the adapter into its base and checks the result -> {job_id}."""
     store = Store(settings.data_dir)
     adapter = store.get_adapter(adapter_id)
-    check_merge(adapter.method, dtype or "float32")
+    dtype = dtype or "float32"
+    check_merge(adapter.method, dtype)
     spec = {"adapter_id": adapter.id, "base_model": adapter.base_model, "dtype": dtype}
     name = f"merge {adapter.name} ({dtype})"[:200]
     job = submit_job(settings, name, spec, None, kind="merge")
@@ -199,8 +234,10 @@ def tradeoffs(settings: Settings, adapter_ids: list[str]) -> list[dict[str, Any]
             row["train_tokens_per_s"] = sum(speed) / len(speed) if speed else None
             if job.started_at and job.finished_at:
                 row["train_seconds"] = round(job.finished_at - job.started_at, 1)
-        newest = max(
-            scores.get(adapter.id, {}).values(), key=lambda r: r["created_at"], default=None
+        newest = max(  # ROUGE-L stands for a ROUGE evaluation, as everywhere else
+            scores.get(adapter.id, {}).values(),
+            key=lambda r: (r["created_at"], r["metric"] not in ("rouge1", "rouge2")),
+            default=None,
         )
         if newest is not None:
             row["metric"], row["metric_value"] = newest["metric"], newest["value"]
