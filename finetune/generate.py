@@ -112,12 +112,32 @@ def _peft_type(folder: Path) -> str | None:
 
 
 class ModelCache:
-    """Keeps up to `capacity` base models; all adapters of a base share its one copy."""
+    """Keeps up to `capacity` base models; all adapters of a base share its one copy. Models of
+    their own (another adapter type, soft prompts, full or selective weights) are whole copies
+    of the base: at most OWN_MODELS per base, and, with max_bytes, only as many as fit beside
+    the bases (the least recently used go first)."""
 
-    def __init__(self, capacity: int = 1):
+    def __init__(self, capacity: int = 1, max_bytes: int | None = None):
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._models: OrderedDict[str, _Loaded] = OrderedDict()
         self._lock = threading.Lock()
+
+    def _held_bytes(self) -> int:
+        return int(sum(_megabytes(item) for item in self._models.values()) * 2**20)
+
+    def _make_room(self, needed: int) -> None:
+        """Drop models of their own, least recently used first, until `needed` more bytes fit
+        under max_bytes (or none is left to drop)."""
+        while self.max_bytes is not None and self._held_bytes() + needed > self.max_bytes:
+            victims = [(item, name) for item in self._models.values() for name in item.own]
+            if not victims:
+                return
+            item, name = victims[0]  # the least recently used base's least recently used
+            del item.own[name]
+            import gc
+
+            gc.collect()
 
     def _get(self, model_path: str, trust_remote_code: bool) -> _Loaded:
         if model_path in self._models:
@@ -147,6 +167,7 @@ class ModelCache:
         if own or loaded.task != CAUSAL_LM:  # a classifier's head is sized by its labels
             while len(loaded.own) >= OWN_MODELS:  # each is a whole copy of the base
                 loaded.own.popitem(last=False)
+            self._make_room(int(_megabytes(loaded, own=False) * 2**20))
             loaded.own[name] = _on_device(load_trained(model_path, folder, trust)).eval()
             return
         from peft import PeftModel
@@ -368,8 +389,9 @@ def _cut(text: str, stop: tuple[str, ...]) -> str:
     return text[: min(ends)].rstrip() if ends else text
 
 
-def _megabytes(loaded: _Loaded) -> float:
-    models = [loaded.model, *loaded.own.values()]
+def _megabytes(loaded: _Loaded, own: bool = True) -> float:
+    """What the base (and, with own, its models of their own) hold in parameters."""
+    models = [loaded.model, *(loaded.own.values() if own else ())]
     return sum(p.numel() * p.element_size() for m in models for p in m.parameters()) / 2**20
 
 

@@ -19,6 +19,7 @@ class Settings:
     models_dir: Path = Path("models")
     train_threads: int = 1  # torch threads in a CPU training job
     playground_threads: int = 1  # torch threads for generation in the web process
+    playground_memory_mb: int = 0  # models the playground keeps loaded; 0: half the machine's
     heartbeat_timeout_s: float = 60.0  # a running job silent this long is interrupted
     cancel_grace_s: float = 60.0  # a cancelled job not stopped by then is terminated
     max_upload_mb: int = 200  # one uploaded file, or an archive's unpacked contents

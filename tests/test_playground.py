@@ -134,3 +134,34 @@ def test_an_adapter_that_fails_to_load_leaves_no_half_changed_base(
     assert not PLAYGROUND._models, "the base it was loaded into is dropped"
     again = playground_actions.compare(settings, "Hi", [None], SAMPLING, str(tiny_model))
     assert again["outputs"][0]["text"] == good["outputs"][0]["text"]
+
+
+def test_models_of_their_own_stay_under_the_memory_bound(settings, tiny_model, adapter_ids):
+    """IA3 and the soft prompt each need a whole copy of the base; with room for the base and
+    one copy, the older copy goes when the next is loaded, and each still answers rightly."""
+    from finetune.generate import ModelCache
+
+    # LoRA first: the shared base is then LoRA's, and IA3 and the soft prompt are copies.
+    model, entries = playground_actions.entries(settings, [adapter_ids[0], *adapter_ids[2:]])
+    gen = playground_actions.generation_params(SAMPLING)
+    chat = [{"role": "user", "content": "Hi"}]
+    free = ModelCache()
+    wanted = [list(free.stream(model, e, chat, gen))[-1]["text"] for e in entries]
+    assert [len(item.own) for item in free._models.values()] == [2], "no bound: both kept"
+
+    bounded = ModelCache()
+    list(bounded.stream(model, None, chat, gen))  # the base alone
+    one_copy = bounded._held_bytes()
+    bounded.max_bytes = int(2.5 * one_copy)  # room for the base and one copy, not two
+    (loaded,) = bounded._models.values()
+    got = []
+    for entry in entries:
+        got.append(list(bounded.stream(model, entry, chat, gen))[-1]["text"])
+        if entry is not entries[0]:
+            assert list(loaded.own) == [entry[0]], "the older copy made room"
+        assert bounded._held_bytes() <= bounded.max_bytes
+    assert got == wanted
+
+    limited = settings.__class__(**{**vars(settings), "playground_memory_mb": 1})
+    assert playground_actions.memory_bound(limited) == 2**20
+    assert playground_actions.memory_bound(settings) > 2**20

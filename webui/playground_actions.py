@@ -33,6 +33,7 @@ def entries(
         raise ValueError(f"adapter_ids: at most {MAX_ADAPTERS} adapters beside the base model")
     if len(set(chosen)) != len(chosen):
         raise ValueError("adapter_ids: an adapter is named twice")
+    PLAYGROUND.max_bytes = memory_bound(settings)
     store = Store(settings.data_dir)
     adapters = [store.get_adapter(a) for a in chosen]
     if base_model:
@@ -49,6 +50,15 @@ def entries(
             )
     by_id = {a.id: (a.id, store.adapter_dir(a.id)) for a in adapters}
     return model, [None if a is None else by_id[a] for a in adapter_ids]
+
+
+def memory_bound(settings: Settings) -> int:
+    """Bytes of models the playground may keep loaded (ADAPTERLAB_PLAYGROUND_MEMORY_MB)."""
+    if settings.playground_memory_mb > 0:
+        return settings.playground_memory_mb * 2**20
+    import psutil
+
+    return psutil.virtual_memory().total // 2
 
 
 def generation_params(params: dict[str, Any] | None) -> GenerationParams:
