@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.adapter_import import check_adapter, unpack_adapter_zip
-from finetune.combine import COMBINATIONS, Source, combine_adapters
+from finetune.combine import Source, combine_adapters
 from finetune.fields import SpecError
 from finetune.models import resolve_model
 from storage.settings import Settings
@@ -177,10 +177,6 @@ def push_to_hub(
     except Exception as exc:  # an HTTP error's message says what the Hub refused
         raise SpecError(f"The Hub refused the upload: {exc}") from None
     return {"repo_id": repo_id, "url": f"https://huggingface.co/{repo_id}", "commit": str(commit)}
-
-
-def list_combinations() -> dict[str, str]:
-    return dict(COMBINATIONS)
 
 
 def _combined_text(recipe: dict) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finetune.evaluate import METRICS, check_metric, default_metric
+from finetune.evaluate import check_metric, default_metric
 from finetune.fields import SpecError
-from finetune.merge import DTYPES, check_merge
+from finetune.merge import check_merge
 from finetune.models import load_config
 from finetune.spec import TRAINING_FIELDS
 from finetune.tasks import model_task
@@ -261,11 +261,3 @@ def _overhead(store: Store, scored: dict) -> float | None:
     if not base or not base[0]["seconds"] or scored["seconds"] is None:
         return None
     return round(scored["seconds"] / base[0]["seconds"], 3)
-
-
-def list_metrics() -> dict[str, str]:
-    return dict(METRICS)
-
-
-def list_dtypes() -> tuple[str, ...]:
-    return DTYPES
