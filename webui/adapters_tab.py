@@ -196,7 +196,7 @@ def build_adapters_tab(settings: Settings) -> AdaptersTab:
             merge_button = gr.Button("Merge", variant="primary")
         merge_md = gr.Markdown()
         with gr.Row():
-            merged_dropdown = gr.Dropdown(label="Merged models", choices=[], scale=2)
+            merged_dropdown = gr.Dropdown(label="Merged models", choices=[], scale=4)
             merged_button = gr.Button("Prepare merged .zip")
             merged_file = gr.File(label="Download", interactive=False, scale=2, visible=False)
     with gr.Accordion("Combine adapters of one base", open=False):

@@ -28,9 +28,13 @@ def test_ctrl_c_then_a_restart_keeps_jobs_curves_and_queue(tmp_path, tiny_model)
             "training": {"max_steps": 100000, "batch_size": 4, "max_length": 96},
         }
         job_id = client.predict(spec, api_name="/start_job")["job_id"]
+        deadline = time.monotonic() + 300  # a hang guard: on a busy machine loading is slow
+        while client.predict(job_id, api_name="/job_status")["status"] == "queued":
+            assert time.monotonic() < deadline, "the worker did not take the job"
+            time.sleep(0.5)
+        # Queued behind it once it runs (else the reordered one could be taken first).
         waiting = [client.predict(spec, api_name="/start_job")["job_id"] for _ in range(2)]
         client.predict(waiting[1], 3, api_name="/set_priority")  # the later one runs first
-        deadline = time.monotonic() + 300  # a hang guard: on a busy machine loading is slow
         while client.predict(job_id, api_name="/job_status")["step"] < 2:
             assert time.monotonic() < deadline, "the job did not reach step 2"
             time.sleep(0.5)
