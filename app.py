@@ -36,9 +36,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, Settings]:
         action="store_true",
         help="serve the UI without starting an embedded worker",
     )
+    # The app's own worker: it ends with the app, even one killed with SIGKILL.
+    parser.add_argument("--embedded", action="store_true", help=argparse.SUPPRESS)
     add_arguments(parser)
     args = parser.parse_args(argv)
     command = "serve-only" if args.command == "serve" and args.no_worker else args.command
+    if command == "worker" and args.embedded:
+        command = "embedded-worker"
     return command, from_args(args)
 
 
@@ -55,7 +59,7 @@ class EmbeddedWorker:
         # Its own session: Ctrl-C reaches the app only, which then stops the worker with SIGTERM
         # (huey takes SIGINT as "finish the running job first", which can take hours).
         return subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "worker"],
+            [sys.executable, str(Path(__file__).resolve()), "worker", "--embedded"],
             env={**os.environ, **self.settings.to_env()},
             start_new_session=True,
         )
@@ -125,9 +129,17 @@ def _warm_imports() -> None:
 def main(argv: list[str] | None = None) -> None:
     quiet_library_logs()
     command, settings = parse_args(argv)
-    if command == "worker":
+    if command in ("worker", "embedded-worker"):
         from jobs.worker import run_worker
 
+        if command == "embedded-worker":
+            # An app killed with SIGKILL cannot stop its worker; the kernel then does (SIGTERM),
+            # or a restarted app would start a second worker beside the orphan.
+            from jobs.runner import stop_with_parent
+
+            stop_with_parent()
+            if os.getppid() == 1:  # the app died before the line above took effect
+                return
         run_worker(settings)
     else:
         serve(settings, with_worker=command == "serve")

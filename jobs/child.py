@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -18,10 +17,9 @@ from finetune.quiet import quiet_library_logs
 from finetune.spec import JobSpec, parse_spec
 from finetune.train import Reporter, TrainResult, final_metrics, train, write_model_card
 from jobs.runner import OOM_ADVICE_BY_KIND as KIND_OOM_ADVICE
+from jobs.runner import stop_with_parent
 from storage.settings import Settings, from_env
 from storage.store import JobState, Store
-
-_PR_SET_PDEATHSIG = 1
 
 
 class StoreReporter(Reporter):
@@ -78,15 +76,6 @@ class PeerReporter(StoreReporter):
 
     def should_stop(self) -> bool:
         return self.store.get_job(self.job_id).cancel_requested or self.shutdown
-
-
-def stop_with_parent() -> None:
-    """Ask the kernel for SIGTERM when the worker dies, even by SIGKILL (Linux; else a no-op)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 def handle_sigterm(store: Store, job_id: str, reporter: StoreReporter) -> None:

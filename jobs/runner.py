@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -17,7 +18,18 @@ from storage.store import JobState, Store
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT_EVERY_S = 2.0
+_PR_SET_PDEATHSIG = 1
 LOG_NAME = "train.log"
+
+
+def stop_with_parent() -> None:
+    """Ask the kernel for SIGTERM when this process's parent dies, even by SIGKILL (Linux; else
+    a no-op). Call it first thing, then check that the parent is still there (getppid)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def worker_devices(settings: Settings) -> list[str]:

@@ -177,7 +177,7 @@ def test_a_dead_worker_is_replaced(client, launched_app, tmp_path):
         app = psutil.Process(launched_app.pid)
         for child in app.children():
             try:
-                if child.status() != psutil.STATUS_ZOMBIE and child.cmdline()[-1:] == ["worker"]:
+                if child.status() != psutil.STATUS_ZOMBIE and "worker" in child.cmdline():
                     return child
             except psutil.NoSuchProcess:  # a killed worker until the app reaps it
                 continue

@@ -70,3 +70,27 @@ def test_ctrl_c_then_a_restart_keeps_jobs_curves_and_queue(tmp_path, tiny_model)
     finally:
         app.terminate()
         app.wait(timeout=60)
+
+
+def test_the_embedded_worker_ends_with_an_app_killed_outright(tmp_path):
+    """kill -9 of `python app.py` gives it no chance to stop its worker: the kernel does, or a
+    restarted app would run a second worker beside the orphan."""
+    import psutil
+
+    app, _ = launch_app(tmp_path / "data", tmp_path / "models", tmp_path / "app.log")
+    workers = []
+    try:
+        deadline = time.monotonic() + 60
+        while not workers:
+            assert time.monotonic() < deadline, "no embedded worker started"
+            time.sleep(0.5)
+            workers = [c for c in psutil.Process(app.pid).children() if "worker" in c.cmdline()]
+        os.kill(app.pid, signal.SIGKILL)
+        app.wait(timeout=30)
+        workers[0].wait(timeout=30)  # psutil.TimeoutExpired if it outlives the app
+    finally:
+        if app.poll() is None:
+            app.kill()
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()
