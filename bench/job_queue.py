@@ -41,11 +41,13 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.methods import device  # noqa: E402
 from finetune.data import read_rows  # noqa: E402
 from finetune.models import resolve_model  # noqa: E402
 from finetune.quiet import quiet_library_logs  # noqa: E402
 from finetune.spec import parse_spec  # noqa: E402
 from finetune.train import Reporter, train  # noqa: E402
+from jobs.runner import stop  # noqa: E402
 from storage.settings import Settings  # noqa: E402
 from storage.store import Job, JobState, Store  # noqa: E402
 from tests.tiny import build_tiny_model  # noqa: E402
@@ -218,20 +220,6 @@ def measure_latency(settings: Settings, spec: dict, worker, log: Path) -> dict:
     }
 
 
-def device() -> str:
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores; torch {torch.__version__}, 1 thread"
-
-
 def report(direct: list[dict], queued: dict, latency: list[dict], n: int) -> dict:
     direct_total = sum(r["wall_s"] for r in direct)
     mean = statistics.mean
@@ -319,12 +307,7 @@ def main() -> None:
                     flush=True,
                 )
         finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            stop(worker, 30)
 
     summary = report(direct, queued, latency, args.jobs)
     if args.json:

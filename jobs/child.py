@@ -19,7 +19,7 @@ from finetune.train import Reporter, TrainResult, final_metrics, train, write_mo
 from jobs.runner import OOM_ADVICE_BY_KIND as KIND_OOM_ADVICE
 from jobs.runner import stop_with_parent
 from storage.settings import Settings, from_env
-from storage.store import JobState, Store
+from storage.store import JobState, Store, folder_bytes
 
 
 class StoreReporter(Reporter):
@@ -201,7 +201,7 @@ def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
             method=spec.method,
             trainable_params=result.trainable_params,
             total_params=result.total_params,
-            size_bytes=_size(staged),
+            size_bytes=folder_bytes(staged),
         )
         store.finish_job(job_id, JobState.SUCCEEDED, adapter_id=adapter.id)
         shutil.rmtree(job_dir / "trainer", ignore_errors=True)  # the adapter is what was made
@@ -241,10 +241,6 @@ def _keep_checkpoint(store: Store, job_id: str, result: TrainResult, shutdown: b
         return JobState.INTERRUPTED
     store.finish_job(job_id, JobState.CANCELLED, f"Cancelled; {kept}")
     return JobState.CANCELLED
-
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def main() -> None:

@@ -144,11 +144,13 @@ def run_job(settings: Settings, job_id: str, devices: list[str]) -> None:
 
 
 def stop(child: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within grace_s; returns once it is gone."""
     child.terminate()
     try:
         child.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         child.kill()
+        child.wait()
 
 
 # What to change when a job's process is killed for memory, by the job's kind.

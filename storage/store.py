@@ -46,6 +46,11 @@ class InUse(ValueError):
     """A record other records still refer to."""
 
 
+def folder_bytes(folder: Path) -> int:
+    """The size of a folder's files on disk, what an adapter's row records."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from jobs.queue import make_huey
+from jobs.runner import stop
 from storage.settings import Settings
 from storage.store import JobState, Store
 from tests.conftest import PROJECT_ROOT
@@ -63,12 +64,7 @@ def redis_port(tmp_path):
         wait_until(answers, "redis-server to answer PING", timeout=60)
         yield port
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, 30)
 
 
 def start_redis_worker(settings: Settings, log_path: Path) -> subprocess.Popen:

@@ -17,7 +17,7 @@ from finetune.combine import Source, combine_adapters
 from finetune.fields import SpecError
 from finetune.models import resolve_model
 from storage.settings import Settings
-from storage.store import Adapter, Store
+from storage.store import Adapter, Store, folder_bytes
 
 COMBINED_FILE = "combined.json"  # what a combined adapter was made of
 
@@ -90,7 +90,7 @@ def combine(
             method=adapters[0].method if made["peft_type"] == "IA3" else "lora",
             trainable_params=made["trainable_params"],
             total_params=adapters[0].total_params,
-            size_bytes=_size(staged),
+            size_bytes=folder_bytes(staged),
             origin="combined",
         )
     finally:
@@ -127,7 +127,7 @@ def import_adapter(
             method=checked.method,
             trainable_params=checked.trainable_params,
             total_params=checked.total_params,
-            size_bytes=_size(staged),
+            size_bytes=folder_bytes(staged),
             origin="imported",
         )
     finally:
@@ -193,7 +193,3 @@ def _model_card(folder: Path, name: str, base_model: str, body: str) -> None:
         "`PeftModel.from_pretrained(base, folder)`.\n",
         encoding="utf-8",
     )
-
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

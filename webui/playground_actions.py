@@ -33,7 +33,6 @@ def entries(
         raise ValueError(f"adapter_ids: at most {MAX_ADAPTERS} adapters beside the base model")
     if len(set(chosen)) != len(chosen):
         raise ValueError("adapter_ids: an adapter is named twice")
-    PLAYGROUND.max_bytes = memory_bound(settings)
     store = Store(settings.data_dir)
     adapters = [store.get_adapter(a) for a in chosen]
     if base_model:
@@ -50,6 +49,12 @@ def entries(
             )
     by_id = {a.id: (a.id, store.adapter_dir(a.id)) for a in adapters}
     return model, [None if a is None else by_id[a] for a in adapter_ids]
+
+
+def playground(settings: Settings) -> ModelCache:
+    """The web process's cache, bounded as the settings say (read at each answer)."""
+    PLAYGROUND.max_bytes = memory_bound(settings)
+    return PLAYGROUND
 
 
 def memory_bound(settings: Settings) -> int:
@@ -115,7 +120,7 @@ def compare(
     model, chosen = entries(settings, adapter_ids, base_model)
     outputs = []
     for entry in chosen:
-        *_, last = PLAYGROUND.stream(model, entry, chat, gen, settings.allow_remote_code)
+        *_, last = playground(settings).stream(model, entry, chat, gen, settings.allow_remote_code)
         outputs.append({k: v for k, v in last.items() if k != "done"})
     return {"outputs": outputs}
 
@@ -129,7 +134,7 @@ def stream_answer(
     gen: GenerationParams,
 ) -> Iterator[dict]:
     """One column's answer as it grows (the playground tab streams each column in turn)."""
-    yield from PLAYGROUND.stream(
+    yield from playground(settings).stream(
         model, entry, _chat(prompt, history), gen, settings.allow_remote_code
     )
 

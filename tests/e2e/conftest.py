@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.runner import stop
 from tests.conftest import PROJECT_ROOT, bundled_models_dir
 
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
@@ -103,8 +104,4 @@ def launched_app(tmp_path_factory) -> LaunchedApp:
             url=url, data_dir=data_dir, models_dir=models_dir, log=log, pid=process.pid
         )
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, 30)
