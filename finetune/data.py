@@ -408,6 +408,7 @@ def _parse(
     if labels and schema_id != "classification":
         raise DataError(f"Allowed labels apply to classification data; this is {schema_id}.")
     label_set = set(labels or [])
+    used = set(mapping.values())
     many = len(sources) > 1
     parsed = Parsed(schema_id, mapping, columns, len(records), [], [], [])
     seen: dict[str, tuple[str, int]] = {}
@@ -431,12 +432,16 @@ def _parse(
                         )
                     )
                     continue
-            line = json.dumps(row, ensure_ascii=False)
-            first = seen.setdefault(line, (name, number))
+            key = json.dumps(row, ensure_ascii=False)  # what trains: duplicates by it alone
+            first = seen.setdefault(key, (name, number))
             if first != (name, number):
                 where = f"{first[0]} row {first[1]}" if first[0] else f"row {first[1]}"
                 parsed.problems.append(Problem(number, "", f"exact duplicate of {where}", name))
                 continue
+            meta = row_meta(record, used)
+            if meta:
+                row["meta"] = meta
+            line = json.dumps(row, ensure_ascii=False) if meta else key
             parsed.rows.append(row)
             parsed.lines.append(line)
             parsed.keys.append((name, number))
@@ -445,6 +450,29 @@ def _parse(
     if schema_id == "classification":
         _label_rows(parsed, label_set)
     return parsed
+
+
+MAX_META_COLUMNS = 16
+MAX_META_CHARS = 200
+
+
+def row_meta(record: dict, used: set[str]) -> dict[str, Any]:
+    """The record's other columns (short text, numbers, true/false), kept beside the row: an
+    evaluation can be split by one of them (e.g. the arithmetic sample's operation)."""
+    meta = {}
+    for column, value in record.items():
+        if column in used or len(meta) >= MAX_META_COLUMNS:
+            continue
+        if isinstance(value, bool | int | float) or (
+            isinstance(value, str) and len(value) <= MAX_META_CHARS
+        ):
+            meta[column] = value
+    return meta
+
+
+def group_columns(rows: list[dict]) -> list[str]:
+    """Columns kept beside the rows (row_meta) that an evaluation can be split by."""
+    return sorted({column for row in rows for column in row.get("meta", {})})
 
 
 def _label_rows(parsed: Parsed, label_set: set[str]) -> None:
@@ -490,6 +518,7 @@ def content_stats(rows: list[dict]) -> dict[str, Any]:
     ]
     return {
         "rows": len(rows),
+        "group_columns": group_columns(rows),
         "turns_mean": round(sum(turns) / len(turns), 2),
         "turns_max": max(turns),
         "chars_mean": round(sum(chars) / len(chars), 1),

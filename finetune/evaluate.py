@@ -121,16 +121,24 @@ def evaluate(
     params: GenerationParams,
     progress: Callable[[int, int], bool] | None = None,
     trust_remote_code: bool = False,
+    group_by: str | None = None,
 ) -> dict:
     """Every entry (None: the base) over every row -> {summary, examples}.
 
-    summary: one dict per entry with its metric value(s) and seconds; examples: per row, the
-    prompt, the reference, and each entry's answer and score. progress(done, total) is called
-    after each answer and stops the run when it returns False.
+    summary: one dict per entry with its metric value(s) and seconds (and with group_by, a
+    column kept beside the rows, the same per value of it: "groups"); examples: per row, the
+    prompt, the reference, the group, and each entry's answer and score. progress(done, total)
+    is called after each answer and stops the run when it returns False.
     """
     total = len(entries) * len(rows)
     examples = [
-        {"index": i, "prompt": prompt_of(r), "reference": reference_of(r), "answers": []}
+        {
+            "index": i,
+            "prompt": prompt_of(r),
+            "reference": reference_of(r),
+            "group": group_of(r, group_by),
+            "answers": [],
+        }
         for i, r in enumerate(rows)
     ]
     summary = []
@@ -164,13 +172,41 @@ def evaluate(
         if metric == "perplexity":
             result["perplexity"] = math.exp(nll / tokens) if tokens else None
             result["tokens"] = tokens
-        elif metric == "rouge":
-            for key in ("rouge1", "rouge2", "rougeL"):
-                result[key] = sum(s[key] for s in scores) / len(scores) if scores else None
         else:
-            result[metric] = sum(scores) / len(scores) if scores else None
+            result.update(_means(metric, scores))
+        if group_by:
+            result["groups"] = _by_group(metric, examples, len(summary))
         summary.append(result)
     return {"summary": summary, "examples": examples, "stopped": False}
+
+
+def group_of(row: dict, group_by: str | None):
+    """The row's value in the column an evaluation is split by (None: not split)."""
+    return row.get("meta", {}).get(group_by) if group_by else None
+
+
+def _means(metric: str, scores: list) -> dict:
+    if metric == "rouge":
+        return {
+            key: sum(s[key] for s in scores) / len(scores) if scores else None
+            for key in ("rouge1", "rouge2", "rougeL")
+        }
+    return {metric: sum(scores) / len(scores) if scores else None}
+
+
+def _by_group(metric: str, examples: list[dict], entry: int) -> list[dict]:
+    """One entry's headline score per value of the group column (perplexity: the mean of the
+    rows' own perplexities), values in order."""
+    groups: dict = {}
+    for example in examples:
+        score = example["answers"][entry]["score"]
+        if score is not None:
+            groups.setdefault(example["group"], []).append(score)
+    key = "rougeL" if metric == "rouge" else metric
+    return [
+        {"group": value, "rows": len(scores), key: sum(scores) / len(scores)}
+        for value, scores in sorted(groups.items(), key=lambda item: str(item[0]))
+    ]
 
 
 def headline(result: dict, metric: str) -> float | None:

@@ -21,6 +21,7 @@ class Field:
     maximum: float | None = None
     choices: tuple[Any, ...] | None = None  # the allowed values (text or whole numbers)
     optional: bool = False  # None is accepted
+    advanced: bool = False  # shown folded away in a form
 
     def parse(self, value: Any, where: str) -> Any:
         """Return the value in this field's type, or raise SpecError naming `where`."""

@@ -19,6 +19,22 @@ ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 # original base (PEFT's path_initial_model_for_weight_conversion).
 CONVERTED_INITS = ("pissa", "olora")
 CAUSAL_LM = "CAUSAL_LM"
+# Default peak learning rates, measured on the bundled model (bench/learning_rates.py sweeps
+# them; its printout is in the README). Adapters that start at zero or from scratch want
+# larger rates than weights that were pretrained.
+LEARNING_RATES = {
+    "lora": 2e-3,
+    "qlora": 2e-3,
+    "adalora": 2e-3,
+    "loha": 2e-3,
+    "lokr": 2e-3,
+    "ia3": 5e-3,
+    "prompt_tuning": 3e-2,
+    "prefix_tuning": 1e-2,
+    "p_tuning": 1e-2,
+    "selective": 1e-4,
+    "full": 3e-5,
+}
 ALL_TASKS = (CAUSAL_LM, "SEQ_2_SEQ_LM", "SEQ_CLS")  # finetune.tasks names them
 
 
@@ -48,6 +64,9 @@ class Method:
     can_merge: bool = True
     can_combine: bool = True
     tasks: tuple[str, ...] = field(default=ALL_TASKS)
+    learning_rate: float = 2e-4  # the default peak rate: methods differ by orders of magnitude
+    loraplus: bool = False  # has LoRA's A and B matrices (LoRA+ can set B's rate apart)
+    prompt_learning: bool = False  # virtual tokens before the input (no packing)
 
     def parse(self, params: Any) -> dict[str, Any]:
         values = parse_fields(self.fields, params, "method_params")
@@ -65,6 +84,7 @@ class Method:
             "can_merge": self.can_merge,
             "can_combine": self.can_combine,
             "tasks": list(self.tasks),
+            "learning_rate": self.learning_rate,
             "fields": [
                 {
                     "name": f.name,
@@ -301,6 +321,8 @@ METHODS: dict[str, Method] = {
             "DoRA, rsLoRA and PiSSA / OLoRA initialisation are options.",
             _LORA_FIELDS,
             peft_config=_lora,
+            learning_rate=LEARNING_RATES["lora"],
+            loraplus=True,
         ),
         Method(
             "qlora",
@@ -319,6 +341,8 @@ METHODS: dict[str, Method] = {
                 {**p, "use_dora": False, "use_rslora": False, "init_lora_weights": "default"}, ctx
             ),
             quantization=_qlora_quantization,  # merged into a full-precision copy of the base
+            learning_rate=LEARNING_RATES["qlora"],
+            loraplus=True,
         ),
         Method(
             "adalora",
@@ -356,6 +380,7 @@ METHODS: dict[str, Method] = {
             peft_config=_adalora,
             rank_budget=True,
             can_combine=False,  # PEFT cannot add_weighted_adapter AdaLoRA adapters
+            learning_rate=LEARNING_RATES["adalora"],
         ),
         Method(
             "loha",
@@ -364,6 +389,7 @@ METHODS: dict[str, Method] = {
             "Low-rank Hadamard product of two factor pairs: more expressive per parameter.",
             _LYCORIS_FIELDS,
             peft_config=_direct("LoHaConfig"),
+            learning_rate=LEARNING_RATES["loha"],
         ),
         Method(
             "lokr",
@@ -372,6 +398,7 @@ METHODS: dict[str, Method] = {
             "Kronecker product of a small and a low-rank matrix: very few parameters.",
             _LYCORIS_FIELDS,
             peft_config=_direct("LoKrConfig"),
+            learning_rate=LEARNING_RATES["lokr"],
         ),
         Method(
             "ia3",
@@ -390,6 +417,7 @@ METHODS: dict[str, Method] = {
             ),
             peft_config=_direct("IA3Config"),
             check=_feedforward_within_targets,
+            learning_rate=LEARNING_RATES["ia3"],
         ),
         Method(
             "prompt_tuning",
@@ -417,6 +445,8 @@ METHODS: dict[str, Method] = {
             peft_config=_prompt_tuning,
             can_merge=False,
             can_combine=False,
+            learning_rate=LEARNING_RATES["prompt_tuning"],
+            prompt_learning=True,
         ),
         Method(
             "prefix_tuning",
@@ -435,6 +465,8 @@ METHODS: dict[str, Method] = {
             peft_config=_direct("PrefixTuningConfig"),
             can_merge=False,
             can_combine=False,
+            learning_rate=LEARNING_RATES["prefix_tuning"],
+            prompt_learning=True,
         ),
         Method(
             "p_tuning",
@@ -458,6 +490,8 @@ METHODS: dict[str, Method] = {
             peft_config=_direct("PromptEncoderConfig"),
             can_merge=False,
             can_combine=False,
+            learning_rate=LEARNING_RATES["p_tuning"],
+            prompt_learning=True,
         ),
         Method(
             "selective",
@@ -486,6 +520,7 @@ METHODS: dict[str, Method] = {
             select=_select,
             writes="tensors",
             can_combine=False,
+            learning_rate=LEARNING_RATES["selective"],
         ),
         Method(
             "full",
@@ -498,6 +533,7 @@ METHODS: dict[str, Method] = {
             writes="model",
             can_merge=False,  # nothing to merge: the result is a whole model
             can_combine=False,
+            learning_rate=LEARNING_RATES["full"],
         ),
     )
 }

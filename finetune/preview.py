@@ -82,6 +82,44 @@ def encode_row(tokenizer, row: dict, max_length: int) -> list[Example]:
     return [Example(full, loss_from, dropped=loss_from >= max_length)]
 
 
+def encode_rows(tokenizer, rows: list[dict], max_length: int) -> list[list[Example]]:
+    """encode_row for many rows at once, the same ids: chat templates rendered to text, then
+    tokenized in batches (what apply_chat_template does one row at a time, ~3x slower)."""
+    out: list[list[Example]] = []
+    for start in range(0, len(rows), _BATCH):
+        out += _encode_batch(tokenizer, rows[start : start + _BATCH], max_length)
+    return out
+
+
+def _encode_batch(tokenizer, rows: list[dict], max_length: int) -> list[list[Example]]:
+    chats = [r["messages"] for r in rows if "text" not in r]
+    texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in chats]
+    texts += [
+        tokenizer.apply_chat_template(m[:-1], tokenize=False, add_generation_prompt=True)
+        for m in chats
+    ]
+    ids = iter(_ids(tokenizer, texts))
+    fulls = [next(ids) for _ in chats]
+    prompts = [next(ids) for _ in chats]
+    encoded = iter(zip(fulls, prompts, strict=True))
+    out = []
+    for row in rows:
+        if "text" in row:
+            out.append(encode_row(tokenizer, row, max_length))
+            continue
+        full, prompt = next(encoded)
+        loss_from = _common_prefix(prompt, full)
+        out.append([Example(full, loss_from, dropped=loss_from >= max_length)])
+    return out
+
+
+def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
 def render(tokenizer, row: dict, max_length: int) -> list[dict[str, Any]]:
     """Each example of a row as text segments marked prompt / loss / cut (beyond max_length)."""
     out = []

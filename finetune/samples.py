@@ -33,7 +33,8 @@ def _arithmetic_row(a: int, op: str, b: int) -> dict:
             {"role": "system", "content": ARITHMETIC_SYSTEM},
             {"role": "user", "content": f"What is {a} {op} {b}?"},
             {"role": "assistant", "content": str(answer)},
-        ]
+        ],
+        "operation": op,  # a column to split an evaluation by
     }
 
 

@@ -7,15 +7,38 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from finetune.fields import Field, SpecError, parse_fields
-from finetune.methods import get_method
+from finetune.methods import Method, get_method
+from finetune.search import parse_search
 
+# transformers' learning-rate schedules that a time budget can refit (see finetune.schedule)
+SCHEDULES = (
+    "linear",
+    "cosine",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+    "constant_with_warmup",
+    "constant",
+    "polynomial",
+    "inverse_sqrt",
+)
 TRAINING_FIELDS: tuple[Field, ...] = (
+    Field(
+        "max_minutes",
+        "Time budget (minutes)",
+        float,
+        None,
+        "Train for this long; the learning-rate schedule is fitted to it. With epochs or max "
+        "steps, whichever ends first.",
+        0.05,
+        10080,
+        optional=True,
+    ),
     Field(
         "epochs",
         "Epochs",
         float,
         None,
-        "Passes over the data; or set max steps.",
+        "Passes over the data; or set max steps. With neither (and no time budget): 1 epoch.",
         0.01,
         1000,
         optional=True,
@@ -25,13 +48,23 @@ TRAINING_FIELDS: tuple[Field, ...] = (
         "Max steps",
         int,
         None,
-        "Optimizer steps; or set epochs.",
+        "Optimizer steps; overrides epochs.",
         1,
         1_000_000,
         optional=True,
     ),
-    Field("batch_size", "Batch size", int, 8, "Examples per optimizer step.", 1, 1024),
-    Field("learning_rate", "Learning rate", float, 2e-4, "Peak learning rate.", 1e-7, 1.0),
+    Field("batch_size", "Batch size", int, 8, "Examples per forward pass.", 1, 1024),
+    Field(
+        "learning_rate",
+        "Learning rate",
+        float,
+        None,
+        "Peak learning rate; not set: the method's own default (methods differ by orders of "
+        "magnitude).",
+        1e-7,
+        1.0,
+        optional=True,
+    ),
     Field(
         "max_length",
         "Max length (tokens)",
@@ -60,11 +93,149 @@ TRAINING_FIELDS: tuple[Field, ...] = (
         2**31 - 1,
     ),
     Field(
+        "lr_scheduler_type",
+        "Schedule",
+        str,
+        "linear",
+        "How the learning rate moves over the run (transformers' schedules); decaying ones end "
+        "at the last step, also with a time budget.",
+        choices=SCHEDULES,
+        advanced=True,
+    ),
+    Field(
+        "warmup_ratio",
+        "Warm-up share",
+        float,
+        0.05,
+        "Share of the steps over which the learning rate rises from 0.",
+        0.0,
+        0.5,
+        advanced=True,
+    ),
+    Field(
+        "gradient_accumulation_steps",
+        "Gradient accumulation",
+        int,
+        1,
+        "Batches summed into one optimizer step: the effective batch is batch size x this x GPUs.",
+        1,
+        1024,
+        advanced=True,
+    ),
+    Field(
+        "weight_decay",
+        "Weight decay",
+        float,
+        0.0,
+        "AdamW's decoupled weight decay.",
+        0.0,
+        1.0,
+        advanced=True,
+    ),
+    Field(
+        "max_grad_norm",
+        "Max gradient norm",
+        float,
+        1.0,
+        "Gradients are clipped to this norm (0: no clipping).",
+        0.0,
+        1000.0,
+        advanced=True,
+    ),
+    Field(
+        "neftune_noise_alpha",
+        "NEFTune noise",
+        float,
+        None,
+        "Noise added to the input embeddings while training (NEFTune; 5 is usual); not set: none.",
+        0.01,
+        100.0,
+        optional=True,
+        advanced=True,
+    ),
+    Field(
+        "loraplus_lr_ratio",
+        "LoRA+ ratio",
+        float,
+        None,
+        "LoRA+: the B matrices learn this many times faster than A (16 is usual; LoRA and "
+        "QLoRA only); not set: plain AdamW.",
+        1.0,
+        1000.0,
+        optional=True,
+        advanced=True,
+    ),
+    Field(
+        "eval_steps",
+        "Eval every N steps",
+        int,
+        None,
+        "How often the eval loss is measured; not set: four times a run.",
+        1,
+        1_000_000,
+        optional=True,
+        advanced=True,
+    ),
+    Field(
+        "early_stopping_patience",
+        "Early stopping patience",
+        int,
+        None,
+        "Stop when the eval loss has not improved for this many evaluations; not set: never.",
+        1,
+        1000,
+        optional=True,
+        advanced=True,
+    ),
+    Field(
+        "load_best_model_at_end",
+        "Keep the best checkpoint",
+        bool,
+        False,
+        "The adapter written is the one with the lowest eval loss, not the last one.",
+        advanced=True,
+    ),
+    Field(
+        "group_by_length",
+        "Group by length",
+        bool,
+        False,
+        "Batches of rows of similar length: less padding, a little less random.",
+        advanced=True,
+    ),
+    Field(
+        "packing",
+        "Packing",
+        bool,
+        False,
+        "Chat and text rows packed into max-length sequences with no padding (TRL's best-fit "
+        "packing; attention stays within each row).",
+        advanced=True,
+    ),
+    Field(
+        "padding_free",
+        "Padding-free",
+        bool,
+        False,
+        "A batch's rows in one sequence without padding, not packed across batches.",
+        advanced=True,
+    ),
+    Field(
+        "share_prefix",
+        "Share prompt prefix",
+        bool,
+        True,
+        "Tokens every row of a batch opens with (a common system prompt) are computed once; "
+        "the loss and gradients are the same.",
+        advanced=True,
+    ),
+    Field(
         "activation_checkpointing",
         "Activation checkpointing",
         bool,
         False,
         "Recompute activations in the backward pass: much less memory, about 20-30% slower.",
+        advanced=True,
     ),
     Field(
         "logging_steps",
@@ -74,6 +245,7 @@ TRAINING_FIELDS: tuple[Field, ...] = (
         "How often metrics are recorded.",
         1,
         10000,
+        advanced=True,
     ),
     Field(
         "save_steps",
@@ -83,6 +255,7 @@ TRAINING_FIELDS: tuple[Field, ...] = (
         "A checkpoint (weights, optimizer, scheduler, random state) to resume from.",
         1,
         1_000_000,
+        advanced=True,
     ),
     Field(
         "keep_checkpoints",
@@ -92,6 +265,7 @@ TRAINING_FIELDS: tuple[Field, ...] = (
         "The newest N checkpoints stay on disk; older ones are deleted.",
         1,
         100,
+        advanced=True,
     ),
     Field(
         "sample_prompts",
@@ -101,6 +275,7 @@ TRAINING_FIELDS: tuple[Field, ...] = (
         "Fixed eval prompts answered during training, beside the base model's answers (0: none).",
         0,
         8,
+        advanced=True,
     ),
     Field(
         "sample_every",
@@ -111,6 +286,7 @@ TRAINING_FIELDS: tuple[Field, ...] = (
         1,
         1_000_000,
         optional=True,
+        advanced=True,
     ),
     Field(
         "gpus",
@@ -120,6 +296,7 @@ TRAINING_FIELDS: tuple[Field, ...] = (
         "More than one trains data-parallel (accelerate launch) on a worker that has them.",
         1,
         64,
+        advanced=True,
     ),
 )
 _SPEC_KEYS = (
@@ -130,6 +307,7 @@ _SPEC_KEYS = (
     "training",
     "name",
     "from_adapter",
+    "search",
 )
 
 
@@ -142,6 +320,7 @@ class JobSpec:
     training: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     from_adapter: str | None = None  # an adapter id: train it further instead of a new one
+    search: dict[str, Any] | None = None  # a settings search (finetune.search): trials first
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -164,10 +343,15 @@ def parse_spec(data: Any) -> JobSpec:
             raise SpecError(f"{key}: a value is required")
     method = get_method(data.get("method", "lora"))
     training = parse_fields(TRAINING_FIELDS, data.get("training"), "training")
-    if training["epochs"] is not None and training["max_steps"] is not None:
-        raise SpecError("training.max_steps: give epochs or max_steps, not both")
-    if training["epochs"] is None and training["max_steps"] is None:
+    if training["max_steps"] is not None:
+        training["epochs"] = None  # max_steps overrides epochs, as in transformers
+    if training["epochs"] is None and training["max_steps"] is None and not training["max_minutes"]:
         training["epochs"] = 1.0
+    from_adapter = _adapter_id(data.get("from_adapter"))
+    if training["learning_rate"] is None and from_adapter is None:
+        # (training an adapter further: its own method's, once the adapter is looked up)
+        training["learning_rate"] = method.learning_rate
+    check_training(method, training)
     name = data.get("name")
     if name is not None and (not isinstance(name, str) or len(name) > 200):
         raise SpecError("name: must be text of at most 200 characters")
@@ -178,8 +362,24 @@ def parse_spec(data: Any) -> JobSpec:
         method_params=method.parse(data.get("method_params")),
         training=training,
         name=(name or "").strip() or None,
-        from_adapter=_adapter_id(data.get("from_adapter")),
+        from_adapter=from_adapter,
+        search=parse_search(data.get("search"), method, {f.name for f in TRAINING_FIELDS}),
     )
+
+
+def check_training(method: Method, training: dict[str, Any]) -> None:
+    """Rules across training fields and the method; the task's own rules wait for the model."""
+    if training["loraplus_lr_ratio"] is not None and not method.loraplus:
+        raise SpecError(
+            f"training.loraplus_lr_ratio: LoRA+ sets the learning rate of LoRA's B matrices; "
+            f"{method.label} has none (use it with LoRA or QLoRA)"
+        )
+    for name in ("packing", "padding_free"):
+        if training[name] and method.prompt_learning:
+            raise SpecError(
+                f"training.{name}: {method.label} puts its virtual tokens before each "
+                "sequence; rows packed into one sequence would share them. Turn it off."
+            )
 
 
 def _adapter_id(value: Any) -> str | None:

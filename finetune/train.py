@@ -10,11 +10,13 @@ from pathlib import Path
 
 from finetune.data import MAX_LABELS, DataError
 from finetune.methods import CONVERTED_INITS, get_method
+from finetune.prefix import SharedPrefixLoss
+from finetune.schedule import Budget, Plan, budget_callback, fitted_scheduler
 from finetune.spec import JobSpec
 from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, auto_class, label_kwargs, model_task
 from finetune.watch import every_steps, sample_rows
 
-EVAL_ROWS_CAP = 64  # periodic eval loss on at most this many held-out rows (keeps CPU runs short)
+EVAL_ROWS_CAP = 32  # periodic eval loss on at most this many held-out rows (keeps CPU runs short)
 
 
 class Reporter:
@@ -26,6 +28,9 @@ class Reporter:
 
     def logged(self, step: int, values: dict[str, float]) -> None:
         pass
+
+    def planned(self, total_steps: int) -> None:
+        """A time budget set the run's total steps anew."""
 
     def saved(self, step: int, checkpoint: Path) -> None:
         """A complete checkpoint (weights, optimizer, scheduler, RNG) to resume from."""
@@ -45,6 +50,7 @@ class TrainResult:
     trainable_params: int
     total_params: int
     dtype: str  # the base model's compute dtype during training
+    ended_by_time: bool = False  # the time budget ran out before the fitted last step
 
 
 def to_prompt_completion(row: dict) -> dict:
@@ -53,17 +59,25 @@ def to_prompt_completion(row: dict) -> dict:
     return {"prompt": messages[:-1], "completion": messages[-1:]}
 
 
-def to_examples(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
-    """Rows as TRL dataset entries: chat rows as prompt/completion (TRL tokenizes them), text
-    rows already tokenized into max-length chunks so that no document is cut short."""
-    from finetune.preview import encode_row
+def to_examples(rows: list[dict], tokenizer, max_length: int, cut: bool = False) -> list:
+    """Rows as TRL dataset entries, tokenized as finetune.preview defines a training example
+    (its tests check it against TRL's own tokenization): chat rows with labels on the last
+    answer only (TRL truncates them to max_length, keeping the start), text rows in max-length
+    chunks so that no document is cut short. cut: chat rows cut to max_length here (padding-free
+    batches, which TRL leaves uncut); a row whose prompt fills max_length is left out, as TRL
+    does."""
+    from finetune.preview import encode_rows
 
     out: list[dict] = []
-    for row in rows:
+    for row, encoded in zip(rows, encode_rows(tokenizer, rows, max_length), strict=True):
         if "text" in row:
-            out.extend({"input_ids": ex.input_ids} for ex in encode_row(tokenizer, row, max_length))
-        else:
-            out.append(to_prompt_completion(row))
+            out.extend({"input_ids": ex.input_ids} for ex in encoded)
+            continue
+        (ex,) = encoded
+        if cut and ex.dropped:
+            continue
+        ids = ex.input_ids[:max_length] if cut else ex.input_ids
+        out.append({"input_ids": ids, "labels": [-100] * ex.loss_from + ids[ex.loss_from :]})
     return out
 
 
@@ -75,6 +89,100 @@ def split_rows(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[
     random.Random(seed).shuffle(order)
     n_eval = int(len(rows) * eval_fraction)  # eval_fraction <= 0.5 leaves most rows to train
     return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+UNBOUNDED_STEPS = 1_000_000  # a run with only a time budget: the budget ends it
+
+
+def budget_only(t: dict) -> bool:
+    """A time budget with neither epochs nor max_steps: it alone ends the run."""
+    return bool(t["max_minutes"]) and t["epochs"] is None and t["max_steps"] is None
+
+
+def steps_planned(t: dict, examples: int, world: int = 1) -> int:
+    """Optimizer steps of a run over `examples` (as the Trainer counts them): max_steps, or the
+    epochs' batches over the accumulation; a time budget alone starts from one epoch's."""
+    if t["max_steps"]:
+        return t["max_steps"]
+    batches = math.ceil(examples / (t["batch_size"] * world))
+    per_epoch = math.ceil(batches / t["gradient_accumulation_steps"])
+    return max(1, math.ceil(per_epoch * (t["epochs"] or 1.0)))
+
+
+def trainer_arguments(
+    t: dict, work_dir: Path, plan, has_eval: bool, report_to, budgeted: bool = False
+) -> dict:
+    """TrainingArguments (and SFTConfig) values of a run, by transformers' own names.
+    budgeted: a time budget alone ends the run (it sets the steps as it goes)."""
+    eval_every = t["eval_steps"] or quarter(plan.total)
+    best = t["load_best_model_at_end"] and has_eval
+    return dict(
+        output_dir=str(work_dir),
+        max_steps=UNBOUNDED_STEPS if budgeted else plan.total,
+        per_device_train_batch_size=t["batch_size"],
+        per_device_eval_batch_size=t["batch_size"],
+        gradient_accumulation_steps=t["gradient_accumulation_steps"],
+        learning_rate=t["learning_rate"],
+        # the scheduler is the fitted one (trainer_class); these name it in the saved args
+        lr_scheduler_type=t["lr_scheduler_type"],
+        warmup_steps=t["warmup_ratio"],  # below 1: a share of the steps
+        weight_decay=t["weight_decay"],
+        max_grad_norm=t["max_grad_norm"],
+        neftune_noise_alpha=t["neftune_noise_alpha"],
+        train_sampling_strategy="group_by_length" if t["group_by_length"] else "random",
+        seed=t["seed"],
+        logging_steps=t["logging_steps"],
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=eval_every if best else t["save_steps"],  # the best is one of the checkpoints
+        save_total_limit=t["keep_checkpoints"],
+        load_best_model_at_end=best,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        save_only_model=False,  # optimizer, scheduler and RNG too: a resumed run goes on exactly
+        report_to=[r for r in report_to if r != "tensorboard"],
+        disable_tqdm=True,
+        # TRL's default is on; ours is off (about 20% faster) unless memory asks for it.
+        activation_checkpointing=t["activation_checkpointing"],
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        **device_settings(),
+    )
+
+
+def quarter(total: int) -> int:
+    """Eval every quarter of a run: the last one falls on the last step or just after it (where
+    the run's final eval is)."""
+    return max(1, math.ceil(total / 4))
+
+
+def sft_arguments(t: dict) -> dict:
+    """SFTConfig's own values: packing and padding-free (TRL's best-fit packing is padding-free
+    too; padding-free alone gets rows already cut to max length, see to_examples)."""
+    if t["padding_free"] and not t["packing"]:
+        return {"padding_free": True, "max_length": None}
+    return {"packing": t["packing"], "packing_strategy": "bfd", "max_length": t["max_length"]}
+
+
+def loraplus_optimizer(model, t: dict):
+    """AdamW with LoRA+'s rates: B matrices at loraplus_lr_ratio x the learning rate (PEFT)."""
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=t["learning_rate"],
+        loraplus_lr_ratio=t["loraplus_lr_ratio"],
+        loraplus_weight_decay=t["weight_decay"],  # (PEFT's name for it there)
+    )
+
+
+def _world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def device_settings() -> dict:
@@ -124,6 +232,21 @@ def load_model(
     return model, tokenizer
 
 
+@dataclass
+class Run:
+    """A training run set up and ready to start: trainer.train() runs it."""
+
+    trainer: object
+    tokenizer: object
+    method: object
+    labels: list[str] | None
+    initial: Path | None  # PiSSA / OLoRA's starting adapter, to save the result converted
+    progress: _Progress
+    budget: Budget | None
+    trainable: int
+    total: int
+
+
 def train(
     spec: JobSpec,
     rows: list[dict],
@@ -137,6 +260,7 @@ def train(
     start_from: Path | None = None,
     report_to: tuple[str, ...] = (),
     log_dir: Path | None = None,
+    total_steps: int | None = None,
 ) -> TrainResult:
     """Train spec.method on rows; write the adapter to out_dir (created, must not exist).
 
@@ -144,8 +268,58 @@ def train(
     Checkpoints go to work_dir every training.save_steps; resume_from (one of them) continues a
     run to the same final step. start_from (an adapter folder of spec.method) trains that adapter
     further instead of a new one. report_to: loggers (tensorboard, wandb, mlflow); TensorBoard
-    events go to log_dir (default work_dir/tensorboard).
+    events go to log_dir (default work_dir/tensorboard). total_steps: the step count a resumed
+    run keeps (a time budget fitted it in the first run).
     """
+    run = build_run(
+        spec,
+        rows,
+        model_path,
+        work_dir,
+        reporter,
+        trust_remote_code,
+        eval_rows,
+        start_from,
+        report_to,
+        log_dir,
+        total_steps,
+    )
+    trainer = run.trainer
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    state = trainer.state
+    if not run.progress.stopped and state.is_world_process_zero:  # stopped: the checkpoint has it
+        out_dir.mkdir(parents=True)
+        save_trained(
+            trainer.model, run.tokenizer, run.method, spec.method_params, out_dir, run.initial
+        )
+        if run.labels:
+            (out_dir / LABELS_FILE).write_text(json.dumps(run.labels), encoding="utf-8")
+    return TrainResult(
+        step=state.global_step,
+        total_steps=min(state.max_steps, trainer.plan.total),
+        stopped=run.progress.stopped,
+        trainable_params=run.trainable,
+        total_params=run.total,
+        dtype=str(trainer.model.dtype).removeprefix("torch."),
+        ended_by_time=bool(run.budget and run.budget.ended_by_time),
+    )
+
+
+def build_run(
+    spec: JobSpec,
+    rows: list[dict],
+    model_path: str,
+    work_dir: Path,
+    reporter: Reporter,
+    trust_remote_code: bool = False,
+    eval_rows: list[dict] | None = None,
+    start_from: Path | None = None,
+    report_to: tuple[str, ...] = (),
+    log_dir: Path | None = None,
+    total_steps: int | None = None,
+) -> Run:
+    """The model, data, method and trainer of a run, as train() describes them, not started."""
     from datasets import Dataset
     from transformers import AutoConfig, set_seed
 
@@ -166,13 +340,14 @@ def train(
         model_path = str(start_from)
     model, tokenizer = load_model(model_path, trust_remote_code, quantization, labels)
     if task == CAUSAL_LM:
-        examples = lambda part: to_examples(part, tokenizer, t["max_length"])  # noqa: E731
+        cut = t["padding_free"] and not t["packing"]
+        examples = lambda part: to_examples(part, tokenizer, t["max_length"], cut)  # noqa: E731
     else:
         examples = lambda part: encoder_examples(part, tokenizer, t["max_length"], labels)  # noqa: E731
     train_data = Dataset.from_list(examples(train_rows))
     eval_data = Dataset.from_list(examples(eval_rows)) if eval_rows else None
-    steps = t["max_steps"]
-    planned = steps or math.ceil(math.ceil(len(train_data) / t["batch_size"]) * t["epochs"])
+    world = _world_size()
+    planned = total_steps or steps_planned(t, len(train_data), world)
     context = Context(model_path=model_path, total_steps=planned, task_type=task)
     set_seed(t["seed"])  # the method's new weights start the same for the same seed
     if start_from is not None and method.writes == "adapter":
@@ -186,91 +361,76 @@ def train(
             _load_selected(model, start_from)
         initial = keep_initial_adapter(model, spec.method_params, work_dir)
     trainable, total = trainable_counts(model)
-    arguments = dict(
-        output_dir=str(work_dir),
-        max_steps=steps if steps is not None else -1,
-        num_train_epochs=t["epochs"] if steps is None else 1.0,
-        per_device_train_batch_size=t["batch_size"],
-        per_device_eval_batch_size=t["batch_size"],
-        learning_rate=t["learning_rate"],
-        seed=t["seed"],
-        logging_steps=t["logging_steps"],
-        eval_strategy="steps" if eval_data is not None else "no",
-        eval_steps=max(1, planned // 4),
-        save_strategy="steps",
-        save_steps=t["save_steps"],
-        save_total_limit=t["keep_checkpoints"],
-        save_only_model=False,  # optimizer, scheduler and RNG too: a resumed run goes on exactly
-        report_to=[r for r in report_to if r != "tensorboard"],
-        disable_tqdm=True,
-        # TRL's default is on; ours is off (about 20% faster) unless memory asks for it.
-        activation_checkpointing=t["activation_checkpointing"],
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-        **device_settings(),
-    )
-    progress = _Progress(reporter, trainable, total)
+
+    # The step count and the schedule: fixed by epochs or max_steps, or fitted to a time budget
+    # (a resumed run keeps the total it was fitted to: total_steps).
+    plan = Plan(t["lr_scheduler_type"], t["warmup_ratio"], planned)
+    budget = None
+    if t["max_minutes"] and total_steps is None:
+        budget = Budget(t["max_minutes"] * 60, plan, cap=planned, on_fit=reporter.planned)
+    has_eval = eval_data is not None
+    progress = _Progress(reporter, trainable, total, plan)
     watched = sample_rows(eval_rows, train_rows, t["sample_prompts"])
     if quantization and device_settings()["use_cpu"]:
         # bitsandbytes repacks 4-bit weights for CPU inference on the first eval-mode forward,
         # for good: the training steps after it then fail. No sample answers there.
         watched = []
-    every = every_steps(t["sample_every"], planned)
     callbacks = [
+        *([budget_callback(budget)] if budget else []),  # first: the others read its total
         progress.callback(),
-        *_method_callbacks(method),
-        *([_SampleAnswers(reporter, model, tokenizer, task, watched, every)] if watched else []),
+        _Cadence(t, plan, has_eval),
+        *_method_callbacks(method, plan),
+        *(
+            [_SampleAnswers(reporter, model, tokenizer, task, watched, t["sample_every"], plan)]
+            if watched
+            else []
+        ),
+        *([_early_stopping(t)] if t["early_stopping_patience"] and has_eval else []),
         *(
             [_tensorboard(log_dir or work_dir / "tensorboard")]
             if "tensorboard" in report_to
             else []
         ),
     ]
+    unbounded = budget is not None and budget_only(t)
+    arguments = trainer_arguments(t, work_dir, plan, has_eval, report_to, unbounded)
+    common = {
+        "model": model,
+        "train_dataset": train_data,
+        "eval_dataset": eval_data,
+        "processing_class": tokenizer,
+        "callbacks": callbacks,
+        "optimizers": (loraplus_optimizer(model, t) if t["loraplus_lr_ratio"] else None, None),
+    }
     if task == CAUSAL_LM:
         from trl import SFTConfig, SFTTrainer
 
-        trainer_class = _with_orthogonal_penalty(SFTTrainer) if method.rank_budget else SFTTrainer
-        trainer = trainer_class(
-            model=model,
-            args=SFTConfig(**arguments, max_length=t["max_length"]),
-            train_dataset=train_data,
-            eval_dataset=eval_data,
-            processing_class=tokenizer,
-            callbacks=callbacks,
+        # (a prompt method's virtual tokens come first; recomputed layers would fill the
+        # prefix's cache twice; data-parallel forwards must go through the DDP wrapper)
+        shares = t["share_prefix"] and not method.prompt_learning and world == 1
+        shares = shares and not t["activation_checkpointing"]
+        trainer = _trainer_class(SFTTrainer, method, shares)(
+            args=SFTConfig(**arguments, **sft_arguments(t)), **common
         )
     else:
         from transformers import Trainer, TrainingArguments
 
-        trainer = Trainer(
-            model=model,
-            args=TrainingArguments(**arguments),
-            train_dataset=train_data,
-            eval_dataset=eval_data,
-            data_collator=_collator(task, tokenizer),
-            processing_class=tokenizer,
-            callbacks=callbacks,
+        trainer = _trainer_class(Trainer, method, False)(
+            args=TrainingArguments(**arguments), data_collator=_collator(task, tokenizer), **common
         )
+    trainer.plan = plan
     if len(trainer.train_dataset) == 0:  # TRL drops rows whose answer was truncated away
         raise DataError(
             f"No training row has an answer left within max length {t['max_length']} tokens "
             "(the prompt fills it), so there is nothing to learn: raise training.max_length."
         )
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-
-    state = trainer.state
-    if not progress.stopped and state.is_world_process_zero:  # stopped: the checkpoint keeps it
-        out_dir.mkdir(parents=True)
-        save_trained(trainer.model, tokenizer, method, spec.method_params, out_dir, initial)
-        if labels:
-            (out_dir / LABELS_FILE).write_text(json.dumps(labels), encoding="utf-8")
-    return TrainResult(
-        step=state.global_step,
-        total_steps=state.max_steps,
-        stopped=progress.stopped,
-        trainable_params=trainable,
-        total_params=total,
-        dtype=str(model.dtype).removeprefix("torch."),
-    )
+    if t["packing"] and total_steps is None:  # packed rows are fewer: count again
+        planned = steps_planned(t, len(trainer.train_dataset), world)
+        plan.total = planned
+        trainer.args.max_steps = UNBOUNDED_STEPS if unbounded else planned
+    if budget is not None:
+        budget.cap = UNBOUNDED_STEPS if unbounded else planned
+    return Run(trainer, tokenizer, method, labels, initial, progress, budget, trainable, total)
 
 
 LABELS_FILE = "labels.json"  # a classifier's labels, in the order of its outputs
@@ -365,18 +525,38 @@ def keep_initial_adapter(model, params: dict, work_dir: Path) -> Path | None:
     return initial
 
 
-def _with_orthogonal_penalty(trainer_class):
+class _FittedSchedule:
+    """The learning-rate schedule follows trainer.plan: its total steps may be refitted to a
+    time budget while the run goes (finetune.schedule)."""
+
+    plan: Plan
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = fitted_scheduler(optimizer or self.optimizer, self.plan)
+        return self.lr_scheduler
+
+
+class _OrthogonalPenalty:
     """AdaLoRA adds its orthogonality penalty to outputs.loss; TRL's SFT loss is computed from
     the log-probabilities and never reads it, so it is added here, as PEFT computes it."""
 
-    class Trainer(trainer_class):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = result if return_outputs else (result, None)
-            loss = loss + _orthogonal_penalty(model)
-            return (loss, outputs) if return_outputs else loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = result if return_outputs else (result, None)
+        loss = loss + _orthogonal_penalty(model)
+        return (loss, outputs) if return_outputs else loss
 
-    return Trainer
+
+def _trainer_class(base, method, share_prefix: bool):
+    """The trainer: transformers' or TRL's, with the fitted schedule, and the loss of batches
+    that share a prefix (SFT) and AdaLoRA's penalty where they apply."""
+    mixins = [_FittedSchedule]
+    if method.rank_budget:
+        mixins.insert(0, _OrthogonalPenalty)
+    if share_prefix:
+        mixins.append(SharedPrefixLoss)
+    return type(f"AdapterLab{base.__name__}", (*mixins, base), {})
 
 
 def _orthogonal_penalty(model):
@@ -406,14 +586,23 @@ def _load_selected(model, folder: Path) -> None:
     model.load_state_dict(weights, strict=False)
 
 
-def _method_callbacks(method) -> list:
-    """AdaLoRA moves its rank budget after each optimizer step, before gradients are cleared."""
+def _method_callbacks(method, plan: Plan) -> list:
+    """AdaLoRA moves its rank budget after each optimizer step, before gradients are cleared,
+    on a schedule over the run's total steps (which a time budget may refit)."""
     if not method.rank_budget:
         return []
     from transformers import TrainerCallback
 
     class RankBudget(TrainerCallback):
         def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+            config = model.peft_config[model.base_model.trainable_adapter_name]
+            if config.total_step != plan.total:  # the schedule's phases, in the same shares
+                share = plan.total / max(config.total_step, 1)
+                config.tinit, config.tfinal = (
+                    round(config.tinit * share),
+                    round(config.tfinal * share),
+                )
+                config.total_step = max(plan.total, 3)
             model.base_model.update_and_allocate(state.global_step)
 
     return [RankBudget()]
@@ -422,8 +611,8 @@ def _method_callbacks(method) -> list:
 class _Progress:
     """Turns Trainer events into Reporter calls: metrics each log, a stop check each step."""
 
-    def __init__(self, reporter: Reporter, trainable: int, total: int):
-        self.reporter, self.trainable, self.total = reporter, trainable, total
+    def __init__(self, reporter: Reporter, trainable: int, total: int, plan: Plan):
+        self.reporter, self.trainable, self.total, self.plan = reporter, trainable, total, plan
         self.stopped = False
         self._last = (time.perf_counter(), 0)
 
@@ -435,7 +624,9 @@ class _Progress:
         class Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 progress._last = (time.perf_counter(), state.num_input_tokens_seen or 0)
-                progress.reporter.started(state.max_steps, progress.trainable, progress.total)
+                progress.reporter.started(
+                    min(state.max_steps, progress.plan.total), progress.trainable, progress.total
+                )
 
             def on_step_end(self, args, state, control, **kwargs):
                 if _agreed(progress.reporter.should_stop()):
@@ -490,11 +681,47 @@ def _agreed(stop: bool) -> bool:
     return bool(flag.item())
 
 
+class _Cadence:
+    """Eval every quarter of the run (or eval_steps) as the total moves, and once more at the
+    last step: every run ends with an eval loss (auto settings choose by it). A TrainerCallback
+    made in __new__, as _SampleAnswers."""
+
+    def __new__(cls, t: dict, plan: Plan, has_eval: bool):
+        from transformers import TrainerCallback
+
+        class Cadence(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if not t["eval_steps"]:
+                    state.eval_steps = quarter(plan.total)
+                    if args.load_best_model_at_end:  # the best must be a saved checkpoint
+                        state.save_steps = state.eval_steps
+                if has_eval and state.global_step >= state.max_steps:
+                    control.should_evaluate = True
+
+        return Cadence()
+
+
+def _early_stopping(t: dict):
+    from transformers import EarlyStoppingCallback
+
+    return EarlyStoppingCallback(early_stopping_patience=t["early_stopping_patience"])
+
+
 class _SampleAnswers:
     """A TrainerCallback (made in __new__, so transformers is imported only when training):
-    the base model's answers at the start, the run's every `every` steps and at the end."""
+    the base model's answers at the start, the run's every `sample_every` steps (None: four
+    times a run, as the plan's total stands) and at the end."""
 
-    def __new__(cls, reporter: Reporter, model, tokenizer, task: str, rows: list, every: int):
+    def __new__(
+        cls,
+        reporter: Reporter,
+        model,
+        tokenizer,
+        task: str,
+        rows: list,
+        sample_every: int | None,
+        plan: Plan,
+    ):
         from transformers import TrainerCallback
 
         from finetune.watch import answer, prompt_text
@@ -513,7 +740,7 @@ class _SampleAnswers:
             def on_step_end(self, args, state, control, **kwargs):
                 step = state.global_step
                 stopped_early = control.should_training_stop and step < state.max_steps
-                due = step % every == 0 or step >= state.max_steps
+                due = step % every_steps(sample_every, plan.total) == 0 or step >= state.max_steps
                 if state.is_world_process_zero and rows and due and not stopped_early:
                     sample(step)
 

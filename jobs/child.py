@@ -16,8 +16,9 @@ from finetune.models import ModelError, resolve_model
 from finetune.quiet import quiet_library_logs
 from finetune.spec import JobSpec, parse_spec
 from finetune.train import Reporter, TrainResult, final_metrics, train, write_model_card
+from jobs.runner import LOG_NAME, stop_with_parent
 from jobs.runner import OOM_ADVICE_BY_KIND as KIND_OOM_ADVICE
-from jobs.runner import stop_with_parent
+from jobs.sweep import PROBE
 from storage.settings import Settings, from_env
 from storage.store import JobState, Store, folder_bytes
 
@@ -40,6 +41,9 @@ class StoreReporter(Reporter):
             trainable_params=trainable_params,
             total_params=total_params,
         )
+
+    def planned(self, total_steps: int) -> None:
+        self.store.update_job(self.job_id, total_steps=total_steps)
 
     def logged(self, step: int, values: dict[str, float]) -> None:
         self.history.append(values)
@@ -64,6 +68,9 @@ class PeerReporter(StoreReporter):
 
     def started(self, total_steps: int, trainable_params: int, total_params: int) -> None:
         self.training = True
+
+    def planned(self, total_steps: int) -> None:
+        pass
 
     def logged(self, step: int, values: dict[str, float]) -> None:
         pass
@@ -179,11 +186,17 @@ def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
             start_from=start_from,
             report_to=settings.loggers() if first else (),
             log_dir=job_dir / "tensorboard",
+            # a time budget fitted the steps of the first run; a resumed one ends there too
+            total_steps=job.total_steps if resume_from is not None else None,
         )
         if not first:
             return JobState.SUCCEEDED  # the first process settles the job
         if result.stopped:
             return _keep_checkpoint(store, job_id, result, reporter.shutdown)
+        if job.role == PROBE:  # an auto search's trial: its eval loss is what it was for
+            store.finish_job(job_id, JobState.SUCCEEDED)
+            shutil.rmtree(job_dir / "trainer", ignore_errors=True)
+            return JobState.SUCCEEDED
         write_model_card(
             staged,
             spec,
@@ -243,9 +256,29 @@ def _keep_checkpoint(store: Store, job_id: str, result: TrainResult, shutdown: b
     return JobState.CANCELLED
 
 
-def main() -> None:
-    quiet_library_logs()
-    job_id = sys.argv[1]
+def preload() -> None:
+    """What every job imports, done once in the fork server (no CUDA call, no thread pool)."""
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM, Trainer  # noqa: F401
+    from trl import SFTConfig, SFTTrainer  # noqa: F401
+
+
+def forked_job(job_id: str) -> int:
+    """A job's process forked by the fork server: it writes to the job's log, as a process
+    started for the job would, and dies with the server."""
+    stop_with_parent()  # (a forked process does not inherit it)
+    log = Store(from_env().data_dir).job_dir(job_id) / LOG_NAME
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return run_process(job_id)
+
+
+def run_process(job_id: str) -> int:
+    """The job, in this process of its own: its exit code."""
     settings = from_env()
     store = Store(settings.data_dir)
     # Under accelerate launch each process has a rank; the first one speaks for the run.
@@ -265,14 +298,29 @@ def main() -> None:
 
         state = run_hub_job(settings, job_id, reporter)
     code = 0 if state in (JobState.SUCCEEDED, JobState.CANCELLED) else 1
-    if not set(settings.loggers()) & {"wandb", "mlflow"}:
-        # The job is settled and its files are written; tearing down torch and friends at exit
-        # takes 1-2 s the next job would wait for. (W&B and MLflow upload in exit hooks.)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if set(settings.loggers()) & {"wandb", "mlflow"}:
+        import atexit
+
+        atexit._run_exitfuncs()  # W&B and MLflow upload in exit hooks
+    # The job is settled and its files are written; tearing down torch and friends at exit
+    # takes 1-2 s the next job would wait for.
+    return code
+
+
+def main() -> None:
+    quiet_library_logs()
+    if sys.argv[1] == "--fork-server":
+        from jobs.forkserver import serve
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker stops it (end of its input)
+        stop_with_parent()
+        if os.getppid() != 1:
+            serve(preload, forked_job)
+        return
+    os._exit(run_process(sys.argv[1]))
 
 
 if __name__ == "__main__":

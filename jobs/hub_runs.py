@@ -71,9 +71,16 @@ def _evaluate(settings: Settings, store: Store, job, reporter) -> JobState:
 
     reporter.training = True  # from here a stop request ends the run between answers
     found = evaluate(
-        ModelCache(), model, entries, rows, spec["metric"], params, progress,
+        ModelCache(),
+        model,
+        entries,
+        rows,
+        spec["metric"],
+        params,
+        progress,
         settings.allow_remote_code,
-    )  # fmt: skip
+        group_by=spec.get("group_by"),
+    )
     metric = spec["metric"]
     result = {"metric": metric, "rows": len(rows), **found}
     store.set_result(job.id, result)

@@ -7,6 +7,7 @@ that takes it claims the first job in that order that it has the devices for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from huey import Huey, RedisHuey, SqliteHuey
@@ -23,6 +24,7 @@ class Queue:
 
 
 _queues: dict[tuple, Queue] = {}
+Runner = Callable[[Settings], str]  # run the next job: "ran", "idle" or "waiting"
 
 
 def make_huey(settings: Settings) -> Huey:
@@ -39,17 +41,18 @@ def make_huey(settings: Settings) -> Huey:
     return SqliteHuey(name="adapterlab", filename=str(settings.queue_path), results=False)
 
 
-def get_queue(settings: Settings) -> Queue:
-    """One huey per queue, with the task registered; the same in the app and the worker."""
+def get_queue(settings: Settings, run: Runner | None = None) -> Queue:
+    """One huey per queue, with the task registered; the same in the app and the worker. The
+    worker gives `run` (jobs.runner.run_next), which the task calls; the app only enqueues."""
     key = (settings.queue_url, settings.queue_path, settings.gpus)
     if key not in _queues:
         huey = make_huey(settings)
 
         @huey.task(name="next_job")
         def next_job() -> None:
-            from jobs.runner import run_next
-
-            if run_next(settings) == "waiting":  # for a worker with more GPUs than this one
+            if run is None:
+                raise RuntimeError("this process enqueues jobs; a worker runs them")
+            if run(settings) == "waiting":  # for a worker with more GPUs than this one
                 next_job.schedule(delay=WAITING_RETRY_S)
 
         _queues[key] = Queue(huey=huey, next_job=next_job)
@@ -67,10 +70,21 @@ def submit_job(
     gpus: int = 1,
     priority: int = 0,
     kind: str = "train",
+    parent_id: str | None = None,
+    role: str | None = None,
 ) -> Job:
     """Record the job as queued, then wake a worker."""
     store = Store(settings.data_dir)
-    job = store.add_job(name, spec, dataset_id, gpus=gpus, priority=priority, kind=kind)
+    job = store.add_job(
+        name,
+        spec,
+        dataset_id,
+        gpus=gpus,
+        priority=priority,
+        kind=kind,
+        parent_id=parent_id,
+        role=role,
+    )
     try:
         wake(settings)
     except Exception as exc:  # a queued row no worker hears of would wait until one starts

@@ -13,6 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from jobs import forkserver
+from jobs.forkserver import ForkServer
+from jobs.sweep import advance
 from storage.settings import Settings
 from storage.store import JobState, Store
 
@@ -92,31 +95,60 @@ def child_command(job_id: str, gpus: int) -> list[str]:
     ]
 
 
+def child_env(settings: Settings, devices: list[str], gpus: int = 1) -> dict[str, str]:
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[: max(gpus, 1)])
+    return env
+
+
+_servers: dict[tuple, ForkServer] = {}  # one per worker environment (jobs.forkserver)
+
+
+def fork_server(settings: Settings, devices: list[str]) -> ForkServer | None:
+    """The worker's fork server for one-process jobs on these devices, if it is to have one."""
+    if not (settings.fork_server and forkserver.AVAILABLE):
+        return None
+    env = child_env(settings, devices)
+    key = tuple(sorted(env.items()))
+    if key not in _servers:
+        _servers[key] = ForkServer(env)
+    return _servers[key]
+
+
+def start_child(settings: Settings, job, devices: list[str], log):
+    """The job's process: forked from the fork server for a one-process job, else a fresh one
+    (a Popen, or a ForkedChild with the same poll / wait / terminate / kill)."""
+    server = fork_server(settings, devices) if job.gpus <= 1 else None
+    child = server.run(job.id) if server is not None else None
+    if child is not None:
+        return child
+    return subprocess.Popen(
+        child_command(job.id, job.gpus),
+        cwd=PROJECT_ROOT,
+        env=child_env(settings, devices, job.gpus),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def run_job(settings: Settings, job_id: str, devices: list[str]) -> None:
     """Run a job this worker has claimed (it is `running`) until its child process ends."""
     store = Store(settings.data_dir)
     job = store.get_job(job_id)
     log_path = store.job_dir(job_id) / LOG_NAME
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-    if devices:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[: max(job.gpus, 1)])
     with log_path.open("ab") as log:
         log.write(f"\n==== run {job.runs} on {job.worker} ====\n".encode())
         log.flush()
         try:
-            child = subprocess.Popen(
-                child_command(job_id, job.gpus),
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+            child = start_child(settings, job, devices, log)
         except OSError as exc:
             store.finish_job(
                 job_id, JobState.FAILED, f"The training process could not start: {exc}"
             )
             return
+        store.update_job(job_id, pid=child.pid)
         logging.info("job %s started in process %d", job_id, child.pid)
         cancel_seen = None
         while child.poll() is None:
@@ -141,9 +173,11 @@ def run_job(settings: Settings, job_id: str, devices: list[str]) -> None:
         settled = store.finish_job(job_id, JobState.FAILED, reason, log_tail(log_path))
     if settled:
         logging.info("job %s: child exited with %s before finishing", job_id, code)
+    if job.parent_id:  # a trial (or the final run) of a settings search
+        advance(settings, job.parent_id)
 
 
-def stop(child: subprocess.Popen, grace_s: float) -> None:
+def stop(child, grace_s: float) -> None:
     """SIGTERM, then SIGKILL if it has not exited within grace_s; returns once it is gone."""
     child.terminate()
     try:

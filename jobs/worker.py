@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from jobs.queue import get_queue, requeue_waiting
-from jobs.runner import worker_devices
+from jobs.runner import fork_server, run_next, worker_devices
+from jobs.sweep import advance_all
 from storage.settings import Settings
 from storage.store import Store
 
@@ -20,7 +21,11 @@ def run_worker(settings: Settings) -> None:
         logging.info("marked interrupted (stale heartbeat): %s", ", ".join(stale))
     devices = worker_devices(settings)
     logging.info("devices: %s", ", ".join(f"gpu {d}" for d in devices) or "the CPU")
-    queue = get_queue(settings)
+    server = fork_server(settings, devices)
+    if server is not None:
+        server.start()  # it imports while the worker waits for its first job
+    queue = get_queue(settings, run=run_next)
+    advance_all(settings)  # searches whose last trial settled while no worker ran
     try:
         requeue_waiting(settings)
     except Exception as exc:  # an unreachable Redis: huey's consumer retries it by itself
@@ -29,7 +34,9 @@ def run_worker(settings: Settings) -> None:
         workers=1,
         worker_type="thread",
         periodic=False,
-        initial_delay=0.2,
-        max_delay=1.0,
+        # An idle worker looks for a wake-up 4 times a second: a Start waits at most 0.25 s
+        # for it (a cheap query on SQLite or Redis).
+        initial_delay=0.1,
+        max_delay=0.25,
     )
     consumer.run()

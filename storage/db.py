@@ -122,6 +122,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX evaluations_adapter ON evaluations(adapter_id, created_at);
     """,
+    # 7: settings searches: trials (and the final run) are jobs under a parent job (kind sweep);
+    # the pid of the process that runs a job
+    """
+    ALTER TABLE jobs ADD COLUMN parent_id TEXT REFERENCES jobs(id);
+    ALTER TABLE jobs ADD COLUMN role TEXT;  -- under a parent: probe, trial or final
+    ALTER TABLE jobs ADD COLUMN pid INTEGER;  -- the process running it (its worker's child)
+    CREATE INDEX jobs_parent ON jobs(parent_id);
+    """,
 ]
 
 

@@ -32,6 +32,8 @@ class Settings:
     # app.db's journal: wal (one machine) or delete (a data dir on a network filesystem shared
     # by several machines: SQLite's WAL needs every process on the same host)
     db_journal: str = "wal"
+    # a worker forks each job's process from one that has the imports done (jobs.forkserver)
+    fork_server: bool = True
 
     @property
     def queue_path(self) -> Path:

@@ -118,8 +118,11 @@ class Job:
     resume_from: str | None = None
     runs: int = 0
     worker: str | None = None
-    kind: str = "train"  # train, evaluate, merge
-    result: dict | None = None  # what an evaluate or merge job found
+    kind: str = "train"  # train, evaluate, merge, sweep
+    result: dict | None = None  # what an evaluate, merge or sweep job found
+    parent_id: str | None = None  # the sweep job this one is a trial (or the final run) of
+    role: str | None = None  # under a parent: "probe", "trial" or "final" (jobs.sweep)
+    pid: int | None = None  # the process running it (a forked one's command line names no job)
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,8 @@ class Store:
         gpus: int = 1,
         priority: int = 0,
         kind: str = "train",
+        parent_id: str | None = None,
+        role: str | None = None,
     ) -> Job:
         job_id = new_id("job")
         self.job_dir(job_id).mkdir(parents=True)
@@ -339,6 +344,8 @@ class Store:
             "gpus": gpus,
             "priority": priority,
             "kind": kind,
+            "parent_id": parent_id,
+            "role": role,
         }
         try:
             with connect(self.db_path) as db:
@@ -376,7 +383,7 @@ class Store:
         """The first queued job (priority, then age) that needs at most `devices`, made running."""
         with connect(self.db_path) as db:
             row = db.execute(
-                f"SELECT id FROM jobs WHERE state = ? AND gpus <= ?"
+                f"SELECT id FROM jobs WHERE state = ? AND gpus <= ? AND kind != 'sweep'"
                 f" ORDER BY {_QUEUE_ORDER} LIMIT 1",
                 (JobState.QUEUED, max(devices, 1)),
             ).fetchone()
@@ -394,7 +401,8 @@ class Store:
         """Queued job ids in the order workers take them."""
         with connect(self.db_path, write=False) as db:
             rows = db.execute(
-                f"SELECT id FROM jobs WHERE state = ? ORDER BY {_QUEUE_ORDER}", (JobState.QUEUED,)
+                f"SELECT id FROM jobs WHERE state = ? AND kind != 'sweep' ORDER BY {_QUEUE_ORDER}",
+                (JobState.QUEUED,),
             ).fetchall()
         return [r[0] for r in rows]
 
@@ -447,6 +455,23 @@ class Store:
                 raise InUse(f"Job {job_id} is running: cancel it first.")
             db.execute("UPDATE adapters SET job_id = NULL WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def children(self, parent_id: str) -> list[Job]:
+        """The jobs under a sweep job, oldest first."""
+        with connect(self.db_path, write=False) as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE parent_id = ? ORDER BY created_at, id", (parent_id,)
+            ).fetchall()
+        return [_job(r) for r in rows]
+
+    def advance_step(self, job_id: str, expected: int, step: int) -> bool:
+        """Set a job's step from `expected`, atomically: two workers settling a sweep's last
+        trials at once queue its final run once."""
+        with connect(self.db_path) as db:
+            cur = db.execute(
+                "UPDATE jobs SET step = ? WHERE id = ? AND step = ?", (step, job_id, expected)
+            )
+        return cur.rowcount == 1
 
     def update_job(self, job_id: str, **values) -> None:
         """Set columns of a running job (progress, counts, checkpoint); not its state."""
@@ -507,7 +532,11 @@ class Store:
     def interrupt_stale_jobs(self, older_than_s: float) -> list[str]:
         """Running jobs whose heartbeat stopped (their process died) become interrupted."""
         cutoff = time.time() - older_than_s
-        stale_sql = "SELECT id FROM jobs WHERE state = ? AND COALESCE(heartbeat_at, 0) < ?"
+        # (a sweep runs in no process of its own: its trials carry the heartbeats)
+        stale_sql = (
+            "SELECT id FROM jobs WHERE state = ? AND COALESCE(heartbeat_at, 0) < ?"
+            " AND kind != 'sweep'"
+        )
         with connect(self.db_path, write=False) as db:  # usually none: then no write lock
             if db.execute(stale_sql, (JobState.RUNNING, cutoff)).fetchone() is None:
                 return []
@@ -530,6 +559,15 @@ class Store:
         with connect(self.db_path) as db:
             db.execute("DELETE FROM metrics WHERE job_id = ? AND step > ?", (job_id, step))
             db.execute("DELETE FROM samples WHERE job_id = ? AND step > ?", (job_id, step))
+
+    def set_result_once(self, job_id: str, result: dict) -> bool:
+        """Record a result unless the job has one: True for the one caller that did."""
+        with connect(self.db_path) as db:
+            cur = db.execute(
+                "UPDATE jobs SET result = ? WHERE id = ? AND result IS NULL",
+                (json.dumps(result), job_id),
+            )
+        return cur.rowcount == 1
 
     def set_result(self, job_id: str, result: dict) -> None:
         with connect(self.db_path) as db:

@@ -80,11 +80,15 @@ def wait_finished(settings, job_id):
     )
 
 
-def child_of(job_id: str) -> psutil.Process | None:
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.info["cmdline"] and proc.info["cmdline"][-2:] == ["jobs.child", job_id]:
-            return proc
-    return None
+def child_of(settings: Settings, job_id: str) -> psutil.Process | None:
+    """The live process running the job (a spare child's command line names no job: the job
+    record has its pid)."""
+    pid = Store(settings.data_dir).get_job(job_id).pid
+    try:
+        process = psutil.Process(pid) if pid else None
+        return process if process and process.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.NoSuchProcess:
+        return None
 
 
 def test_job_trains_in_a_child_and_writes_the_adapter(worker_settings, dataset_id, tiny_model):
@@ -154,7 +158,7 @@ def test_cancel_queued_and_running_jobs(worker_settings, dataset_id, tiny_model)
     assert job.state == JobState.CANCELLED and job.step < 100000
     checkpoint = store.job_dir(job.id) / job.checkpoint
     assert (checkpoint / "adapter_model.safetensors").is_file(), "what it learned is kept"
-    wait_until(lambda: child_of(job.id) is None, "the child process to exit")
+    wait_until(lambda: child_of(worker_settings, job.id) is None, "the child to exit")
 
     after = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
     assert wait_finished(worker_settings, after["job_id"]).state == JobState.SUCCEEDED
@@ -187,7 +191,7 @@ def test_a_killed_child_is_interrupted_and_resumes_to_the_same_step(
     )
     job_id = started["job_id"]
     wait_until(lambda: store.get_job(job_id).checkpoint, "the first checkpoint")
-    os.kill(child_of(job_id).pid, signal.SIGKILL)
+    os.kill(child_of(worker_settings, job_id).pid, signal.SIGKILL)
     job = wait_finished(worker_settings, job_id)
     assert job.state == JobState.INTERRUPTED
     assert "killed (SIGKILL)" in job.error and "out of memory" in job.error
@@ -219,7 +223,7 @@ def test_cancel_while_the_child_is_still_loading(worker_settings, dataset_id, ti
     job_actions.cancel_job(worker_settings, started["job_id"])  # long before the first step ends
     job = wait_finished(worker_settings, started["job_id"])
     assert job.state == JobState.CANCELLED and job.error.startswith("Cancelled")
-    wait_until(lambda: child_of(job.id) is None, "the child process to exit")
+    wait_until(lambda: child_of(worker_settings, job.id) is None, "the child to exit")
     good = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
     assert wait_finished(worker_settings, good["job_id"]).state == JobState.SUCCEEDED
 
@@ -236,7 +240,7 @@ def test_a_dead_worker_loses_no_work(tmp_path, tiny_model):
         assert wait_finished(settings, orphan.id).state == JobState.SUCCEEDED
         long_job = actions.start_job(settings, spec(tiny_model, dataset_id, max_steps=100000))
         wait_until(lambda: store.get_job(long_job["job_id"]).step >= 1, "the first step")
-        child = child_of(long_job["job_id"])
+        child = child_of(settings, long_job["job_id"])
         worker.kill()
         worker.wait(timeout=30)
         job = wait_finished(settings, long_job["job_id"])
@@ -256,3 +260,41 @@ def test_a_dead_worker_loses_no_work(tmp_path, tiny_model):
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def fork_server_of(settings: Settings) -> psutil.Process | None:
+    """The worker's fork server (python -m jobs.child --fork-server) for this data dir."""
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        if (proc.info["cmdline"] or [])[-2:] != ["jobs.child", "--fork-server"]:
+            continue
+        try:
+            if str(settings.data_dir) in psutil.Process(proc.info["ppid"]).cmdline():
+                return proc
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_jobs_run_in_processes_forked_from_the_fork_server(worker_settings, dataset_id, tiny_model):
+    """The worker imports once, in its fork server; each job runs in a process of its own forked
+    from it, that writes to the job's log and exits with the job."""
+    server = wait_until(lambda: fork_server_of(worker_settings), "the fork server")
+    pids = []
+    store = Store(worker_settings.data_dir)
+    for _ in range(2):
+        job_id = actions.start_job(worker_settings, spec(tiny_model, dataset_id))["job_id"]
+        wait_until(lambda j=job_id: store.get_job(j).pid, "the job's process")
+        try:
+            parent = psutil.Process(store.get_job(job_id).pid).ppid()
+        except psutil.NoSuchProcess:
+            parent = None  # it ended already; its log still tells
+        job = wait_finished(worker_settings, job_id)
+        assert job.state == JobState.SUCCEEDED, job.error_detail
+        assert parent in (server.pid, None)
+        pids.append(job.pid)
+        log = job_actions.job_log(worker_settings, job.id, lines=2000)["lines"]
+        assert any("==== run 1" in line for line in log), "the runner's header"
+        assert any("train_runtime" in line for line in log), "the job's own output, in its log"
+    assert pids[0] != pids[1], "a process of its own for each job"
+    assert fork_server_of(worker_settings).pid == server.pid, "one server for them all"
+    assert child_of(worker_settings, job_id) is None, "the job's process has exited"

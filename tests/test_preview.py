@@ -6,8 +6,15 @@ import json
 
 import pytest
 
-from finetune.preview import encode_row, histogram, load_tokenizer, render, token_lengths
-from finetune.train import to_examples
+from finetune.preview import (
+    encode_row,
+    encode_rows,
+    histogram,
+    load_tokenizer,
+    render,
+    token_lengths,
+)
+from finetune.train import to_examples, to_prompt_completion
 from storage.store import JobState
 from tests.conftest import bundled_models_dir
 from webui import data_actions
@@ -32,8 +39,8 @@ TEXT_ROWS = [{"text": "What is 10 + 20? 30 " * 12}, {"text": "hello"}]
 MAX_LENGTH = 48
 
 
-def trl_prepared(tokenizer, model_path, rows, tmp_path):
-    """input_ids and labels of TRL's SFTTrainer train dataset for these rows."""
+def trl_prepared(tokenizer, model_path, examples, tmp_path):
+    """input_ids and labels of TRL's SFTTrainer train dataset for these entries."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -48,7 +55,7 @@ def trl_prepared(tokenizer, model_path, rows, tmp_path):
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_path),
         args=config,
-        train_dataset=Dataset.from_list(to_examples(rows, tokenizer, MAX_LENGTH)),
+        train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
     )
     return [(ex["input_ids"], ex["labels"]) for ex in trainer.train_dataset]
@@ -67,11 +74,21 @@ def ours(tokenizer, rows):
 
 @pytest.mark.parametrize("rows", [CHAT_ROWS, TEXT_ROWS], ids=["chat", "text"])
 def test_preview_tokens_and_loss_match_trl(tiny_model, tmp_path, rows):
+    """Our examples (the preview's, and what training feeds TRL, tokenized in batches) are the
+    ids and loss mask TRL makes itself from prompt/completion rows."""
     tokenizer = load_tokenizer(str(tiny_model))
     expected = ours(tokenizer, rows)
-    assert trl_prepared(tokenizer, str(tiny_model), rows, tmp_path) == expected
+    trained = trl_prepared(
+        tokenizer, str(tiny_model), to_examples(rows, tokenizer, MAX_LENGTH), tmp_path
+    )
+    assert trained == expected
+    assert encode_rows(tokenizer, rows, MAX_LENGTH) == [
+        encode_row(tokenizer, r, MAX_LENGTH) for r in rows
+    ]
     if rows is CHAT_ROWS:
         assert len(expected) == len(rows) - 1, "the row whose prompt fills max_length is dropped"
+        own = [to_prompt_completion(r) for r in rows]  # TRL tokenizes these itself
+        assert trl_prepared(tokenizer, str(tiny_model), own, tmp_path) == expected
     else:
         assert len(expected) > len(rows), "a long text is split into chunks, not cut"
 

@@ -35,6 +35,14 @@ def test_defaults_fill_in():
     assert spec.training["batch_size"] == 8
 
 
+def test_max_steps_override_epochs_as_in_transformers():
+    spec = parse_spec(with_(training={"max_steps": 5, "epochs": 2, "max_minutes": 3}))
+    assert (spec.training["max_steps"], spec.training["epochs"]) == (5, None)
+    assert spec.training["max_minutes"] == 3.0
+    timed = parse_spec(with_(training={"max_minutes": 3}))
+    assert timed.training["epochs"] is None, "a time budget alone: no epoch limit"
+
+
 def test_json_string_and_values_are_typed():
     spec = parse_spec(
         '{"base_model": "m", "dataset_id": "d", "method_params": {"r": 8.0, "target_modules": '
@@ -62,7 +70,6 @@ def test_json_string_and_values_are_typed():
         (with_(training={"batch_size": 0}), "training.batch_size"),
         (with_(training={"learning_rate": -1}), "training.learning_rate"),
         (with_(training={"eval_fraction": 0.9}), "training.eval_fraction"),
-        (with_(training={"max_steps": 5, "epochs": 1}), "training.max_steps"),
         (with_(training={"max_length": True}), "training.max_length"),
         (with_(training="fast"), "training"),
         (with_(name=5), "name"),

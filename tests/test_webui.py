@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from finetune.methods import get_method
 from storage.store import Job, JobState, Metric, Store
 from webui import actions, data_actions, job_actions
 from webui.blocks import build_app
@@ -165,12 +166,13 @@ def test_form_counts_and_start(with_tiny):
 
 def test_form_reads_zero_as_not_set(with_tiny):
     form, data = filled_form(with_tiny)
-    assert data[form.training_inputs["epochs"]] == 0, "the box shows 0, not an empty value"
+    assert data[form.training_inputs["max_steps"]] == 0, "the box shows 0, not an empty value"
     training = read_form(form, data)["training"]
-    assert (training["epochs"], training["max_steps"]) == (None, 30)
-    form, data = filled_form(with_tiny, epochs=2, max_steps=0)
+    assert (training["max_minutes"], training["epochs"], training["max_steps"]) == (10, 1, None)
+    assert training["learning_rate"] == get_method("lora").learning_rate, "the method's own"
+    form, data = filled_form(with_tiny, epochs=2, max_minutes=0)
     training = read_form(form, data)["training"]
-    assert (training["epochs"], training["max_steps"]) == (2, None)
+    assert (training["max_minutes"], training["epochs"], training["max_steps"]) == (None, 2, None)
 
 
 def tick(settings, selected=None, state=None) -> dict:

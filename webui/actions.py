@@ -20,9 +20,10 @@ from finetune.fields import SpecError
 from finetune.memory import current_device, estimate_memory
 from finetune.methods import get_method
 from finetune.models import load_config, resolve_model
-from finetune.spec import JobSpec, parse_spec
-from finetune.tasks import SEQ_2_SEQ_LM, SEQ_CLS, model_task
+from finetune.spec import JobSpec, check_training, parse_spec
+from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, model_task
 from jobs.queue import submit_job
+from jobs.sweep import start_sweep
 from storage.settings import Settings
 from storage.store import Store
 from webui.adapter_actions import adapter_info
@@ -113,10 +114,17 @@ def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
         spec = asdict(parsed)
     counts = estimate(settings, spec)
     check_task_fit(counts["task"], dataset.format)
+    check_training_fit(counts["task"], parsed, dataset)
     model = resolve_model(parsed.base_model, settings.models_dir)
     fitted = fitted_params(model, parsed.method, parsed.method_params, settings.allow_remote_code)
     parsed = replace(parsed, method_params=fitted)  # the recipe says what really trains
-    name = parsed.name or f"{parsed.method} on {dataset.name} · {time.strftime('%b %d %H:%M')}"
+    when = time.strftime("%b %d %H:%M")
+    if parsed.search:
+        name = parsed.name or f"{parsed.search['mode']} search · {parsed.method} on {dataset.name}"
+        parent = start_sweep(settings, parsed, f"{name} · {when}"[:200], dataset.id)
+        trials = [j.id for j in store.children(parent.id)]
+        return {"job_id": parent.id, "status": parent.state.value, "trials": trials, **counts}
+    name = parsed.name or f"{parsed.method} on {dataset.name} · {when}"
     job = submit_job(settings, name, asdict(parsed), dataset.id, gpus=parsed.training["gpus"])
     store.update_job(
         job.id,
@@ -125,6 +133,34 @@ def start_job(settings: Settings, spec: Any) -> dict[str, Any]:
         memory_estimate_mb=counts["memory"]["total"] / 2**20,
     )
     return {"job_id": job.id, "status": job.state.value, **counts}
+
+
+def check_training_fit(task: str, spec: JobSpec, dataset) -> None:
+    """Training options that need a causal LM, or held-out rows to measure."""
+    t = spec.training
+    if task != CAUSAL_LM:
+        for name in ("packing", "padding_free"):
+            if t[name]:
+                raise SpecError(
+                    f"training.{name}: packs the rows of a decoder (chat or text); this "
+                    "model's task pads its batches. Turn it off."
+                )
+    if dataset.eval_rows or int(dataset.rows * t["eval_fraction"]) >= 1:
+        return
+    for name, what in (
+        ("early_stopping_patience", "Early stopping watches"),
+        ("load_best_model_at_end", "Keeping the best checkpoint compares"),
+    ):
+        if t[name]:
+            raise SpecError(
+                f"training.{name}: {what} the eval loss, and this run holds out no rows: "
+                "raise training.eval_fraction (or upload an eval file)."
+            )
+    if spec.search:
+        raise SpecError(
+            "search: trials are compared by their eval loss, and this run holds out no rows: "
+            "raise training.eval_fraction (or upload an eval file)."
+        )
 
 
 def continued(settings: Settings, spec: JobSpec) -> JobSpec:
@@ -146,11 +182,16 @@ def continued(settings: Settings, spec: JobSpec) -> JobSpec:
     if not recipe_file.is_file():
         raise SpecError(f"from_adapter: adapter {adapter.id} has no recipe to train further from")
     recipe = parse_spec(json.loads(recipe_file.read_text(encoding="utf-8")))
+    training = dict(spec.training)
+    if training["learning_rate"] is None:
+        training["learning_rate"] = get_method(recipe.method).learning_rate
+    check_training(get_method(recipe.method), training)
     return replace(
         spec,
         base_model=recipe.base_model,
         method=recipe.method,
         method_params=recipe.method_params,
+        training=training,
     )
 
 

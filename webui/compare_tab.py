@@ -75,6 +75,7 @@ def on_evaluate_click(
     metric: str,
     max_rows: float,
     split: str = "held_out",
+    group_by: str | None = None,
 ) -> tuple[str, dict]:
     ids = ([None] if include_base else []) + list(adapter_ids or [])
     try:
@@ -84,7 +85,12 @@ def on_evaluate_click(
             settings,
             ids,
             dataset_id,
-            {"metric": metric, "max_rows": int(max_rows or 50), "split": split or "held_out"},
+            {
+                "metric": metric,
+                "max_rows": int(max_rows or 50),
+                "split": split or "held_out",
+                "group_by": None if group_by in (None, NO_GROUP) else group_by,
+            },
         )
     except (ValueError, LookupError) as exc:
         return f"**Not started.** {exc}", gr.update()
@@ -93,6 +99,19 @@ def on_evaluate_click(
         f"rows, scored by {started['metric']}. Its results appear below as it finishes."
     ) + "".join(f"\n- **Note:** {w}" for w in started["warnings"])
     return message, gr.update(choices=evaluation_choices(settings), value=started["job_id"])
+
+
+NO_GROUP = "(no split)"
+
+
+def group_choices(settings: Settings, dataset_id: str | None):
+    """The columns an evaluation on this dataset can be split by; the first one chosen."""
+    try:
+        dataset = Store(settings.data_dir).get_dataset(dataset_id) if dataset_id else None
+    except LookupError:
+        dataset = None
+    columns = list(dataset.stats.get("group_columns") or []) if dataset else []
+    return gr.update(choices=[NO_GROUP, *columns], value=columns[0] if columns else NO_GROUP)
 
 
 def on_results_show(settings: Settings, job_id: str | None, only_differing: bool):
@@ -113,17 +132,31 @@ def on_results_show(settings: Settings, job_id: str | None, only_differing: bool
         return (*empty[:3], status + " · no results yet")
     metric = results["metric"]
     keys = ["rouge1", "rouge2", "rougeL"] if metric == "rouge" else [metric]
+    headline = keys[-1]
+    groups = sorted({g["group"] for s in results["summary"] for g in s.get("groups", [])}, key=str)
+    by_group = lambda s: {g["group"]: g.get(headline) for g in s.get("groups", [])}  # noqa: E731
     summary = pd.DataFrame(
         [
-            [label(s["adapter"]), *[_score(s.get(k)) for k in keys], s["rows"], s["seconds"]]
+            [
+                label(s["adapter"]),
+                *[_score(s.get(k)) for k in keys],
+                *[_score(by_group(s).get(g)) for g in groups],
+                s["rows"],
+                s["seconds"],
+            ]
             for s in results["summary"]
         ],
-        columns=["model", *keys, "rows", "seconds"],
+        columns=["model", *keys, *(f"{headline} · {g}" for g in groups), "rows", "seconds"],
     )
     short = lambda a: BASE if a is None else names.get(a, a)[:24]  # noqa: E731
     bars = pd.DataFrame(
         [
-            {"model": short(s["adapter"]), "score": s.get(keys[-1]) or 0.0}
+            {"model": f"{short(s['adapter'])} · {g}", "group": str(g), "score": v or 0.0}
+            for s in results["summary"]
+            for g, v in by_group(s).items()
+        ]
+        or [
+            {"model": short(s["adapter"]), "group": "all rows", "score": s.get(headline) or 0.0}
             for s in results["summary"]
         ]
     )
@@ -135,11 +168,14 @@ def on_results_show(settings: Settings, job_id: str | None, only_differing: bool
         if only_differing and len(texts) <= 1 and len(scores) <= 1:
             continue
         row = [example["index"] + 1, example["prompt"], example["reference"]]
+        if groups:
+            row.insert(1, example.get("group"))
         for a in answers:
             row.append(f"{a['text']} [{_score(a['score'])}]")
         examples.append(row)
     columns = [
         "#",
+        *([results["group_by"]] if groups else []),
         "prompt",
         "reference",
         *(label(a["adapter"]) for a in results["examples"][0]["answers"]),
@@ -190,6 +226,12 @@ def build_compare_tab(settings: Settings) -> CompareTab:
                 label="Rows",
                 info="All: a dataset uploaded to evaluate on",
             )
+            group_dropdown = gr.Dropdown(
+                choices=[NO_GROUP],
+                value=NO_GROUP,
+                label="Split the scores by",
+                info="A column of the dataset (the arithmetic sample: operation)",
+            )
         evaluate_button = gr.Button("Evaluate", variant="primary")
         evaluate_md = gr.Markdown()
     with gr.Row():
@@ -206,6 +248,7 @@ def build_compare_tab(settings: Settings) -> CompareTab:
         bars = gr.BarPlot(
             x="model",
             y="score",
+            color="group",
             title="Score",
             label="Score by model",
             x_label_angle=-30,
@@ -257,8 +300,14 @@ def build_compare_tab(settings: Settings) -> CompareTab:
     )
     evaluate_button.click(
         lambda *v: on_evaluate_click(settings, *v),
-        inputs=[selected, include_base, dataset, metric, max_rows, split_radio],
+        inputs=[selected, include_base, dataset, metric, max_rows, split_radio, group_dropdown],
         outputs=[evaluate_md, evaluation],
+        api_visibility="private",
+    )
+    dataset.change(
+        lambda d: group_choices(settings, d),
+        inputs=[dataset],
+        outputs=[group_dropdown],
         api_visibility="private",
     )
     show = {

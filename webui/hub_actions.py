@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from finetune.data import group_columns, read_rows
 from finetune.evaluate import check_metric, default_metric
 from finetune.fields import SpecError
 from finetune.merge import check_merge
@@ -30,6 +31,7 @@ _EVAL_OPTIONS = {
     "seed": None,
     "base_model": None,
     "name": None,
+    "group_by": None,  # a column kept beside the rows: scores per value of it too
 }
 
 
@@ -68,6 +70,7 @@ def start_evaluation(
         "split": _split_option(options["split"]),
         "eval_fraction": split[0] if options["eval_fraction"] is None else options["eval_fraction"],
         "seed": split[1] if options["seed"] is None else _whole(options["seed"], "seed", 0, 2**31),
+        "group_by": _group_by(store, dataset, options["group_by"]),
     }
     if not 0 < float(spec["eval_fraction"]) <= 0.5:
         raise SpecError("options.eval_fraction: must be above 0 and at most 0.5")
@@ -88,6 +91,24 @@ def start_evaluation(
         "rows": len(rows),
         "warnings": warnings,
     }
+
+
+def _group_by(store: Store, dataset, column) -> str | None:
+    """A column of the dataset's rows to split the scores by (kept beside each row)."""
+    if column in (None, ""):
+        return None
+    if not isinstance(column, str):
+        raise SpecError(f"options.group_by: must be a column name, got {column!r}")
+    columns = dataset.stats.get("group_columns")
+    if columns is None:  # a dataset stored before rows kept their other columns
+        folder = store.dataset_dir(dataset.id)
+        columns = group_columns(read_rows(folder / "rows.jsonl") + read_rows(folder / "eval.jsonl"))
+    if column not in columns:
+        known = f"its columns: {', '.join(columns)}" if columns else "it has no other columns"
+        raise SpecError(
+            f"options.group_by: dataset {dataset.name} has no column {column!r} ({known})"
+        )
+    return column
 
 
 def _has_own_eval(store: Store, dataset_id: str) -> bool:
@@ -171,6 +192,7 @@ def evaluation_results(settings: Settings, job_id: str) -> dict[str, Any]:
         "step": job.step,
         "total_steps": job.total_steps,
         "metric": job.spec["metric"],
+        "group_by": job.spec.get("group_by"),
         "summary": result.get("summary", []),
         "examples": result.get("examples", []),
         "error": job.error,

@@ -12,6 +12,7 @@ from typing import Any
 
 from jobs.queue import submit_job, wake
 from jobs.runner import LOG_NAME
+from jobs.sweep import advance, cancel_sweep
 from storage.settings import Settings
 from storage.store import Job, JobState, Store
 
@@ -49,6 +50,8 @@ def job_info(
         "dataset_id": job.dataset_id,
         "dataset": dataset_name,
         "from_adapter": job.spec.get("from_adapter"),
+        "parent_id": job.parent_id,  # the search job this one is a trial (or final run) of
+        "role": job.role,
         "gpus": job.gpus,
         "step": job.step,
         "total_steps": job.total_steps,
@@ -116,7 +119,11 @@ def cancel_job(settings: Settings, job_id: str) -> dict[str, Any]:
     job = store.get_job(job_id)
     if job.state.finished:
         raise ValueError(f"Job {job_id} has already ended ({job.state.value}).")
+    if job.kind == "sweep":
+        return {"job_id": job_id, "status": cancel_sweep(settings, job).value}
     state = store.cancel_job(job_id)
+    if job.parent_id and state.finished:  # a queued trial: its search may be done now
+        advance(settings, job.parent_id)
     return {"job_id": job_id, "status": state.value}
 
 
@@ -170,6 +177,8 @@ def retry_job(settings: Settings, job_id: str) -> dict[str, Any]:
     if job.state not in RESUMABLE:
         raise ValueError(f"Job {job_id} is {job.state.value}; only a stopped job can be retried.")
     name = f"{job.name} (retry)"[:200]
+    if job.kind == "sweep":  # the whole search again, with new trials
+        return start_job(settings, {**search_spec(job), "name": name})
     if job.kind != "train":  # evaluate and merge jobs are queued again as they were
         retried = submit_job(settings, name, job.spec, job.dataset_id, kind=job.kind)
         return {"job_id": retried.id, "status": retried.state.value}
@@ -179,14 +188,28 @@ def retry_job(settings: Settings, job_id: str) -> dict[str, Any]:
 def clone_job(settings: Settings, job_id: str) -> dict[str, Any]:
     """The job's spec, to edit and start as a new job (the Train form fills in with it)."""
     job = Store(settings.data_dir).get_job(job_id)
-    if job.kind != "train":
+    if job.kind not in ("train", "sweep"):
         raise ValueError(f"Job {job_id} is a {job.kind} job: only a training job has a form.")
-    return {"job_id": job.id, "spec": {**job.spec, "name": f"{job.name} (copy)"[:200]}}
+    spec = search_spec(job) if job.kind == "sweep" else job.spec
+    return {"job_id": job.id, "spec": {**spec, "name": f"{job.name} (copy)"[:200]}}
+
+
+def search_spec(job: Job) -> dict[str, Any]:
+    """A search job's spec as it was started (without the trials it chose)."""
+    return {k: v for k, v in job.spec.items() if k != "trials"}
 
 
 def delete_job(settings: Settings, job_id: str) -> dict[str, Any]:
-    """A job that is not running, with its log, checkpoints and curves; its adapter stays."""
-    Store(settings.data_dir).delete_job(job_id)
+    """A job that is not running, with its log, checkpoints and curves; its adapter stays. A
+    search goes with its trials."""
+    store = Store(settings.data_dir)
+    children = store.children(store.get_job(job_id).id)
+    running = [c.id for c in children if not c.state.finished]
+    if running:
+        raise ValueError(f"Job {job_id} has trials still queued or running: cancel it first.")
+    for child in children:
+        store.delete_job(child.id)
+    store.delete_job(job_id)
     return {"job_id": job_id, "deleted": True}
 
 

@@ -11,6 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from finetune.train import final_metrics
+from jobs.sweep import trial_rows
 from storage.settings import Settings
 from storage.store import Job, JobState, Metric, Sample
 from webui import job_actions
@@ -101,7 +102,7 @@ def _when(ts: float | None) -> str:
     return time.strftime("%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
 
-_UNIT = {"train": "step", "evaluate": "answer", "merge": "part"}
+_UNIT = {"train": "step", "evaluate": "answer", "merge": "part", "sweep": "job"}
 
 
 def progress_html(job: Job, metrics: list[Metric], position: int | None = None) -> str:
@@ -152,7 +153,11 @@ def _seconds_left(job: Job, metrics: list[Metric], total: int) -> float | None:
         return None
     first, last = steps[0], steps[-1]
     pace = (last.created_at - first.created_at) / (last.step - first.step)
-    return pace * (total - last.step)
+    left = pace * (total - last.step)
+    minutes = (job.spec.get("training") or {}).get("max_minutes")
+    if minutes and job.runs <= 1:  # a time budget ends it (training began a step before)
+        left = min(left, max(0.0, first.created_at - pace + minutes * 60 - time.time()))
+    return left
 
 
 def _duration(seconds: float) -> str:
@@ -180,14 +185,74 @@ def curves(job: Job, metrics: list[Metric], plot: str = "loss") -> pd.DataFrame 
     series = [label for field, label in CURVES[plot]]
     if plot == "loss" and not job.spec.get("training", {}).get("eval_fraction"):
         series = [s for s in series if s != "eval loss" or any(r["series"] == s for r in rows)]
+    return _frame(rows, series)
+
+
+def _frame(rows: list[dict], series: list[str]) -> pd.DataFrame:
+    """The points, with one NaN row for each series that has none yet (see curves)."""
     present = {r["series"] for r in rows}
-    rows += [
+    rows = rows + [
         {"step": rows[0]["step"], "value": float("nan"), "series": name}
         for name in series
         if name not in present
     ]
     frame = pd.DataFrame(rows, columns=["step", "value", "series"])
     return frame.astype({"step": "int64", "value": "float64", "series": "string"})
+
+
+def sweep_curves(store, job: Job, children: list[Job], plot: str) -> pd.DataFrame | None:
+    """A search's trials side by side: each trial's eval loss (or learning rate, tokens/s,
+    memory) over its steps, one series per trial and one for the final run."""
+    field = "eval_loss" if plot == "loss" else CURVES[plot][0][0]
+    names = [_child_label(c) for c in children]
+    if job.spec.get("search", {}).get("mode") == "auto" and not any(
+        c.role == "final" for c in children
+    ):
+        names.append("final run")  # its colour is fixed from the first point, as the others'
+    rows = [
+        {"step": m.step, "value": getattr(m, field), "series": name}
+        for child, name in zip(children, names, strict=False)
+        for m in store.list_metrics(child.id)
+        if getattr(m, field) is not None
+    ]
+    return _frame(rows, names) if rows else None
+
+
+def _child_label(child: Job) -> str:
+    if child.role == "final":
+        return "final run"
+    return child.name.split(" · trial ", 1)[-1][:60]
+
+
+def sweep_html(job: Job, rows: list[dict]) -> str:
+    """The trials as a table, the best marked, and the choice the search made."""
+    best = (job.result or {}).get("best") or {}
+    cells = []
+    for i, row in enumerate(rows, start=1):
+        mark = " ★" if row["job_id"] == best.get("job_id") else ""
+        loss = f"{row['eval_loss']:.4f}" if row["eval_loss"] is not None else ""
+        cells.append(
+            f"<tr><td>{i}{mark}</td><td>{html.escape(row['label'])}</td><td>{row['state']}</td>"
+            f"<td>{row['step']}</td><td>{loss}</td><td>{row['job_id']}</td></tr>"
+        )
+    mode = job.spec.get("search", {}).get("mode", "")
+    if best:
+        then = {
+            "auto": "the final run trains with it for the rest of the budget",
+            "grid": "its adapter is the search's result",
+            "random": "its adapter is the search's result",
+        }[mode]
+        choice = (
+            f"<p><b>Chosen: {html.escape(best['label'])}</b> (eval loss "
+            f"{best['eval_loss']:.4f}); {then}.</p>"
+        )
+    else:
+        choice = "<p><small>The choice is made when every trial has ended.</small></p>"
+    return (
+        f"{choice}<table class='job-samples'><thead><tr><th>trial</th><th>values</th>"
+        "<th>state</th><th>steps</th><th>final eval loss</th><th>job</th></tr></thead>"
+        f"<tbody>{''.join(cells)}</tbody></table>"
+    )
 
 
 def samples_html(samples: list[Sample]) -> str:
@@ -244,12 +309,19 @@ def on_jobs_tick(settings: Settings, selected: str | None, state_filter: str | N
         if job.error_detail:
             error += f"\n\n```\n{job.error_detail[-3000:]}\n```"
     log = "\n".join(job_actions.job_log(settings, job.id, LOG_LINES)["lines"])
+    if job.kind == "sweep":
+        children = store.children(job.id)
+        drawn = [sweep_curves(store, job, children, plot) for plot in CURVES]
+        below = sweep_html(job, trial_rows(store, job, children))
+    else:
+        drawn = [curves(job, metrics, plot) for plot in CURVES]
+        below = samples_html(store.list_samples(job.id))
     return (
         jobs_rows(jobs),
         gr.update(choices=choices, value=selected),
         progress_html(job, metrics, info["position"]),
-        *[curves(job, metrics, plot) for plot in CURVES],
-        samples_html(store.list_samples(job.id)),
+        *drawn,
+        below,
         log,
         json.dumps(job.spec, indent=2),
         error,
@@ -269,7 +341,7 @@ def button_states(job: Job | None, resumable: bool) -> list:
         gr.update(interactive=state in (JobState.QUEUED, JobState.RUNNING)),
         gr.update(interactive=stopped and resumable),
         gr.update(interactive=stopped),
-        gr.update(interactive=job is not None and job.kind == "train"),
+        gr.update(interactive=job is not None and job.kind in ("train", "sweep")),
         gr.update(interactive=job is not None and state != JobState.RUNNING),
     ]
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from finetune.counts import linear_module_names
+from finetune.fields import SpecError
 from finetune.methods import ATTENTION_MODULES, METHODS, get_method
 from finetune.models import load_config, resolve_model
-from finetune.spec import TRAINING_FIELDS
+from finetune.search import trials
+from finetune.spec import TRAINING_FIELDS, parse_spec
 from finetune.tasks import TASKS, model_task
 from storage.settings import Settings
 from storage.store import Store
@@ -20,8 +23,16 @@ from webui.forms import base_model_dropdown, field_component, read_values
 
 NEW_ADAPTER = "(a new adapter)"
 
-# A first run of a few minutes on a CPU with the bundled model; the API's defaults stay neutral.
-FORM_DEFAULTS = {"max_steps": 30, "batch_size": 8}
+# A first run with the bundled model: ten minutes on a CPU (or one epoch, whichever ends first;
+# a GPU ends the epoch in seconds). The API's defaults stay neutral.
+FORM_DEFAULTS = {"max_minutes": 10, "epochs": 1}
+
+
+def form_default(name: str, method_id: str):
+    """A training field's value in a fresh form: the learning rate is the method's own."""
+    if name == "learning_rate":
+        return get_method(method_id).learning_rate
+    return FORM_DEFAULTS.get(name)
 
 
 @dataclass
@@ -35,6 +46,7 @@ class TrainForm:
     method_groups: dict[str, Any]  # method id -> its group of fields (shown when chosen)
     method_md: gr.Markdown
     training_inputs: dict[str, Any]
+    search: SearchInputs
     counts_md: gr.Markdown
     start_button: gr.Button
     message_md: gr.Markdown
@@ -48,7 +60,45 @@ class TrainForm:
             self.name,
             *(c for fields in self.method_inputs.values() for c in fields.values()),
             *self.training_inputs.values(),
+            self.search.mode,
+            self.search.space,
+            self.search.trials,
         }
+
+
+@dataclass
+class SearchInputs:
+    mode: gr.Dropdown
+    space: gr.Code
+    trials: gr.Number
+
+
+NO_SEARCH = "none"
+SEARCH_MODES = [
+    ("none: train once with these settings", NO_SEARCH),
+    ("auto: short trials of learning rate x rank, then the rest with the best", "auto"),
+    ("grid: every combination of the values below", "grid"),
+    ("random: trials drawn from the values or ranges below", "random"),
+]
+SPACE_EXAMPLE = '{"learning_rate": [0.0003, 0.001, 0.003], "r": [8, 16]}'
+
+
+def read_search(form: TrainForm, data: dict) -> dict[str, Any] | None:
+    """The form's settings search as the spec takes it (its values are JSON text)."""
+    mode = data[form.search.mode]
+    if mode in (None, NO_SEARCH):
+        return None
+    if mode == "auto":
+        return {"mode": mode}
+    text = (data[form.search.space] or "").strip()
+    try:
+        space = json.loads(text) if text else None
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"search.space: not valid JSON ({exc.msg}); e.g. {SPACE_EXAMPLE}") from None
+    search = {"mode": mode, "space": space}
+    if mode == "random":
+        search["trials"] = int(data[form.search.trials] or 0)
+    return search
 
 
 def read_form(form: TrainForm, data: dict) -> dict[str, Any]:
@@ -61,6 +111,7 @@ def read_form(form: TrainForm, data: dict) -> dict[str, Any]:
             get_method(data[form.method]).fields, form.method_inputs[data[form.method]], data
         ),
         "training": read_values(TRAINING_FIELDS, form.training_inputs, data),
+        "search": read_search(form, data),
         "name": data[form.name] or None,
         "from_adapter": None
         if data[form.from_adapter] in (None, NEW_ADAPTER)
@@ -90,13 +141,25 @@ def fill_form(settings: Settings, form: TrainForm, spec: dict) -> dict:
         if name in spec.get("training", {}):
             value = spec["training"][name]
             updates[component] = gr.update(value=0 if value is None else value)
+    search = spec.get("search") or {}
+    updates[form.search.mode] = gr.update(value=search.get("mode") or NO_SEARCH)
+    if search.get("space"):
+        space = {
+            path.split(".", 1)[-1]: {k: v for k, v in values.items() if k != "whole"}
+            if isinstance(values, dict)
+            else values
+            for path, values in search["space"].items()
+        }
+        updates[form.search.space] = gr.update(value=json.dumps(space))
+    if search.get("trials"):
+        updates[form.search.trials] = gr.update(value=search["trials"])
     return updates
 
 
 def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
-    spec = read_form(form, data)
-    spec["dataset_id"] = spec["dataset_id"] or "(none yet)"  # counts do not need the dataset
     try:
+        spec = read_form(form, data)
+        spec["dataset_id"] = spec["dataset_id"] or "(none yet)"  # counts need no dataset
         est = actions.estimate(settings, spec)
     except (ValueError, LookupError) as exc:
         return f"**Cannot count:** {exc}"
@@ -107,6 +170,47 @@ def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
         f"**{_megabytes(est['adapter_bytes'])}**"
         + memory_note(est["memory"])
         + dataset_note(settings, spec)
+        + plan_note(spec["training"])
+        + search_note(spec)
+    )
+
+
+def search_note(spec: dict) -> str:
+    """What a settings search will queue."""
+    search = spec.get("search")
+    if not search:
+        return ""
+    parsed = parse_spec(spec)
+    count = len(trials(parsed.search, parsed))
+    if search["mode"] == "auto":
+        share = parsed.search["share"]
+        return (
+            f"\n\nAuto settings: **{count} trials** share {share:.0%} of that; the rest trains "
+            "with the one whose eval loss ends lowest."
+        )
+    return f"\n\n{search['mode'].title()} search: **{count} trials**, each for all of that."
+
+
+def plan_note(training: dict) -> str:
+    """How long the run goes and the batch each optimizer step sees."""
+    minutes, epochs, steps = (training.get(k) for k in ("max_minutes", "epochs", "max_steps"))
+    ends = [f"{minutes:g} minutes" if minutes else ""]
+    if steps:  # max steps override epochs
+        ends.append(f"{steps:,} steps")
+    elif epochs:
+        ends.append(f"{epochs:g} epoch{'s' if epochs != 1 else ''}")
+    ends = [e for e in ends if e] or ["1 epoch"]
+    until = ends[0] if len(ends) == 1 else f"{' or '.join(ends)}, whichever comes first"
+    batch = training.get("batch_size") or 0
+    accumulation = training.get("gradient_accumulation_steps") or 1
+    gpus = training.get("gpus") or 1
+    effective = f"{batch} x {accumulation} accumulated" if accumulation > 1 else f"{batch}"
+    if gpus > 1:
+        effective += f" x {gpus} GPUs"
+    schedule = training.get("lr_scheduler_type") or "linear"
+    return (
+        f"\n\nRuns for **{until}**; the {schedule.replace('_', ' ')} learning-rate schedule "
+        f"ends with it. Effective batch: **{batch * accumulation * gpus}** ({effective})."
     )
 
 
@@ -151,6 +255,11 @@ def on_start_click(settings: Settings, form: TrainForm, data: dict) -> str:
         result = actions.start_job(settings, read_form(form, data))
     except (ValueError, LookupError) as exc:
         return f"**Not started.** {exc}"
+    if "trials" in result:
+        return (
+            f"**Started.** Search `{result['job_id']}` queued {len(result['trials'])} trials; "
+            "the Jobs tab shows them side by side, and the choice it makes."
+        )
     return (
         f"**Started.** Job `{result['job_id']}` is {result['status']}: "
         f"{result['trainable_params']:,} trainable parameters "
@@ -268,10 +377,37 @@ def build_train_tab(settings: Settings) -> TrainForm:
                 gr.Markdown("No settings: every weight of the model trains.")
         method_groups[key] = group
     training_inputs = {}
-    for start in range(0, len(TRAINING_FIELDS), 4):
+    basic = [f for f in TRAINING_FIELDS if not f.advanced]
+    advanced = [f for f in TRAINING_FIELDS if f.advanced]
+    for start in range(0, len(basic), 4):
         with gr.Row():
-            for f in TRAINING_FIELDS[start : start + 4]:
-                training_inputs[f.name] = field_component(f, FORM_DEFAULTS.get(f.name))
+            for f in basic[start : start + 4]:
+                training_inputs[f.name] = field_component(f, form_default(f.name, "lora"))
+    with gr.Accordion("More training settings", open=False):
+        for start in range(0, len(advanced), 4):
+            with gr.Row():
+                for f in advanced[start : start + 4]:
+                    training_inputs[f.name] = field_component(f, form_default(f.name, "lora"))
+    with gr.Accordion("Settings search", open=False), gr.Row():
+        search = SearchInputs(
+            mode=gr.Dropdown(
+                choices=SEARCH_MODES,
+                value=NO_SEARCH,
+                label="Search",
+                info="Trials are ordinary jobs under one search job; the best has the "
+                "lowest eval loss at its end.",
+                scale=2,
+            ),
+            space=gr.Code(
+                value=SPACE_EXAMPLE,
+                language="json",
+                label="Values to try (grid, random): training or method fields; random "
+                'also takes ranges, {"min": 1e-5, "max": 1e-2, "log": true}',
+                lines=2,
+                scale=3,
+            ),
+            trials=gr.Number(value=8, label="Trials (random)", precision=0, minimum=2),
+        )
     name = gr.Textbox(label="Job name (optional)")
     counts_md = gr.Markdown()
     start_button = gr.Button("Start training", variant="primary")
@@ -286,6 +422,7 @@ def build_train_tab(settings: Settings) -> TrainForm:
         method_groups=method_groups,
         method_md=method_md,
         training_inputs=training_inputs,
+        search=search,
         counts_md=counts_md,
         start_button=start_button,
         message_md=message_md,
@@ -319,6 +456,12 @@ def build_train_tab(settings: Settings) -> TrainForm:
         outputs=[method_md, *method_groups.values()],
         api_visibility="private",
     )
+    method.input(  # a user's choice (not a clone filling the form): the method's own rate
+        lambda m: gr.update(value=get_method(m).learning_rate),
+        inputs=[method],
+        outputs=[training_inputs["learning_rate"]],
+        api_visibility="private",
+    )
     gr.on(
         triggers=[
             base_model.change,
@@ -327,6 +470,9 @@ def build_train_tab(settings: Settings) -> TrainForm:
             from_adapter.change,
             *(c.change for fields in method_inputs.values() for c in fields.values()),
             *(c.change for c in training_inputs.values()),
+            search.mode.change,
+            search.space.change,
+            search.trials.change,
         ],
         fn=lambda data: on_form_change(settings, form, data),
         inputs=form.inputs(),

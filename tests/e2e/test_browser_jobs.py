@@ -102,3 +102,74 @@ def queue_flow(page, app: LaunchedApp, first: str, second: str, third: str) -> N
     assert jobs[first]["finished_at"] <= jobs[third]["started_at"]
     no_error_shown(page)
     shot(page, "jobs-done.png")
+
+
+@pytest.mark.e2e
+def test_a_search_and_a_split_evaluation_in_chromium(launched_app: LaunchedApp):
+    """A grid search of two trials: the Jobs tab shows them side by side and the choice; then an
+    evaluation split by operation in the Compare tab."""
+    client = Client(launched_app.url, verbose=False)
+    dataset_id = client.predict("arithmetic", api_name="/add_sample")["id"]
+    spec = {
+        "base_model": "SmolLM2-135M-Instruct",
+        "dataset_id": dataset_id,
+        "name": "rates",
+        "training": {"max_steps": 2, "batch_size": 2, "max_length": 64, "sample_prompts": 0},
+        "search": {"mode": "grid", "space": {"learning_rate": [1e-4, 3e-3]}},
+    }
+    started = client.predict(spec, api_name="/start_job")
+    assert len(started["trials"]) == 2
+    deadline = time.monotonic() + 2 * TRAIN_TIMEOUT_S
+    while (status := client.predict(started["job_id"], api_name="/job_status"))["status"] in (
+        "queued",
+        "running",
+    ):
+        assert time.monotonic() < deadline, "the search did not finish"
+        time.sleep(1)
+    assert status["status"] == "succeeded", status
+    best = status["result"]["best"]
+    evaluation = client.predict(
+        [None, status["adapter_id"]],
+        dataset_id,
+        {"max_rows": 6, "max_new_tokens": 6, "group_by": "operation"},
+        api_name="/evaluate",
+    )
+    while client.predict(evaluation["job_id"], api_name="/evaluation_results")["status"] in (
+        "queued",
+        "running",
+    ):
+        assert time.monotonic() < deadline, "the evaluation did not finish"
+        time.sleep(1)
+    results = client.predict(evaluation["job_id"], api_name="/evaluation_results")
+    groups = {g["group"] for g in results["summary"][0]["groups"]}
+    assert groups and groups <= {"+", "-", "x"}
+    assert sum(g["rows"] for g in results["summary"][0]["groups"]) == 6
+    in_chromium(
+        launched_app,
+        lambda page: search_flow(page, launched_app, started["job_id"], best, groups),
+        "failure-search.png",
+    )
+
+
+def search_flow(page, app: LaunchedApp, search_id: str, best: dict, groups: set) -> None:
+    page.goto(app.url)
+    open_tab(page, "Jobs")
+    select_job(page, search_id)
+    chosen = page.get_by_text(re.compile(r"Chosen: learning_rate"))
+    expect(chosen).to_be_visible()
+    expect(chosen).to_contain_text(best["label"])
+    expect(page.locator("table.job-samples")).to_contain_text("final eval loss")
+    plot = page.get_by_label("Vega visualization", exact=True).first  # eval loss by trial
+    legend = plot.locator("g.role-legend-label text")
+    expect(legend).to_have_count(2)
+    no_error_shown(page)
+    shot(page, "jobs-search.png")
+
+    open_tab(page, "Compare")
+    page.get_by_role("combobox", name="Evaluation", exact=True).click()
+    page.get_by_role("option", name=re.compile(r"^evaluate 2 on")).first.click()
+    results = page.get_by_role("grid", name="Results")
+    for group in sorted(groups):
+        expect(results).to_contain_text(f"exact_match · {group}")
+    no_error_shown(page)
+    shot(page, "compare-by-group.png")

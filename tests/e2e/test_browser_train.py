@@ -45,3 +45,44 @@ def train_flow(page, app: LaunchedApp) -> None:
     expect(page.get_by_text("Task: sequence classification (text -> label).")).to_be_visible()
     no_error_shown(page)
     shot(page, "train-encoder.png")
+
+
+@pytest.mark.e2e
+def test_budget_defaults_and_search_in_chromium(launched_app: LaunchedApp, tmp_path: Path):
+    in_chromium(launched_app, lambda page: budget_flow(page, launched_app), "failure-budget.png")
+
+
+def budget_flow(page, app: LaunchedApp) -> None:
+    """A first-timer's form: ten minutes or an epoch, the method's own learning rate, the
+    options under "More training settings", and an auto settings search's plan."""
+    page.goto(app.url)
+    open_tab(page, "Train")
+    expect(page.get_by_role("spinbutton", name="Time budget (minutes)")).to_have_value("10")
+    rate = page.get_by_role("spinbutton", name="Learning rate", exact=True)
+    expect(rate).to_have_value("0.002")
+    plan = page.get_by_text(re.compile(r"Runs for 10 minutes or 1 epoch, whichever comes first"))
+    expect(plan).to_be_visible()
+    expect(page.get_by_text(re.compile(r"Effective batch: 8"))).to_be_visible()
+
+    choose(page, "Method", "IA3")
+    expect(rate).to_have_value("0.005")  # IA3's own, not LoRA's
+    choose(page, "Method", "LoRA")
+    expect(rate).to_have_value("0.002")
+
+    page.get_by_text("More training settings").click()
+    expect(page.get_by_role("combobox", name="Schedule", exact=True)).to_have_value("linear")
+    accumulation = page.get_by_role("spinbutton", name="Gradient accumulation", exact=True)
+    accumulation.fill("4")
+    accumulation.press("Tab")
+    expect(
+        page.get_by_text(re.compile(r"Effective batch: 32 \(8 x 4 accumulated\)"))
+    ).to_be_visible()
+    expect(page.get_by_label("Share prompt prefix")).to_be_checked()
+    no_error_shown(page)
+    shot(page, "train-options.png")
+
+    page.get_by_text("Settings search").click()
+    choose(page, "Search", re.compile(r"^auto"))
+    expect(page.get_by_text(re.compile(r"Auto settings: 6 trials share 30%"))).to_be_visible()
+    no_error_shown(page)
+    shot(page, "train-search.png")
