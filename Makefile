@@ -45,6 +45,8 @@ bench: setup model
 	$(PY) bench/methods.py --models-dir $(MODELS_DIR)
 	$(PY) bench/job_queue.py
 	$(PY) bench/playground.py --models-dir $(MODELS_DIR)
+	$(PY) bench/packing.py --models-dir $(MODELS_DIR)
+	$(PY) bench/quality.py --models-dir $(MODELS_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -60,8 +60,8 @@ TRAINING = {
     "eval_fraction": 0.0,
     "sample_prompts": 0,
 }
-# huey's consumer polls an empty queue at 0.2 s, backing off by 1.15x up to 1 s: about 7 s to get
-# there. A worker that has waited this long is what a user's Start usually meets.
+# huey's consumer polls an empty queue at 0.1 s, backing off by 1.15x up to 0.25 s (jobs/worker.py):
+# a worker that has waited this long is what a user's Start usually meets.
 IDLE_S = 8.0
 POLL_S = 0.1
 TIMEOUT_S = 600.0
