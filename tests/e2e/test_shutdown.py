@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -15,7 +17,8 @@ from tests.e2e.conftest import launch_app
 pytestmark = pytest.mark.e2e
 
 
-def test_ctrl_c_then_a_restart_keeps_jobs_curves_and_queue(tmp_path, tiny_model):
+def test_ctrl_c_then_a_restart_keeps_jobs_curves_and_queue(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("PYTHONFAULTHANDLER", "1")  # a hung exit shows where (SIGABRT below)
     data_dir, log = tmp_path / "data", tmp_path / "app.log"
     # In a session of its own, as in a terminal: SIGINT to the group is Ctrl-C.
     app, url = launch_app(data_dir, tmp_path / "models", log, new_session=True)
@@ -39,7 +42,17 @@ def test_ctrl_c_then_a_restart_keeps_jobs_curves_and_queue(tmp_path, tiny_model)
             assert time.monotonic() < deadline, "the job did not reach step 2"
             time.sleep(0.5)
         os.killpg(app.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-        app.wait(timeout=60)
+        try:
+            # A hang guard, not a timing: late in the whole suite this has taken over 60 s.
+            app.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.kill(app.pid, signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                app.wait(timeout=10)
+            raise AssertionError(
+                "the app did not exit within 180 s of Ctrl-C; its log ends:\n"
+                + log.read_text(errors="replace")[-3000:]
+            ) from None
     finally:
         if app.poll() is None:
             os.killpg(app.pid, signal.SIGKILL)
