@@ -20,8 +20,14 @@ pytestmark = pytest.mark.e2e
 def test_ctrl_c_then_a_restart_keeps_jobs_curves_and_queue(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("PYTHONFAULTHANDLER", "1")  # a hung exit shows where (SIGABRT below)
     data_dir, log = tmp_path / "data", tmp_path / "app.log"
-    # In a session of its own, as in a terminal: SIGINT to the group is Ctrl-C.
-    app, url = launch_app(data_dir, tmp_path / "models", log, new_session=True)
+    # In a session of its own, as in a terminal: SIGINT to the group is Ctrl-C. A terminal's
+    # app does not ignore SIGINT; one started from this process would if something earlier in
+    # the suite left SIGINT ignored here (an ignored signal stays ignored across exec).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        app, url = launch_app(data_dir, tmp_path / "models", log, new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     try:
         client = Client(url, verbose=False)
         dataset = client.predict("arithmetic", api_name="/add_sample")
