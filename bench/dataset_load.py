@@ -160,7 +160,7 @@ def _instrument(meter: Meter) -> None:
     """Time what upload_dataset / preview_dataset call, where they look it up."""
     import finetune.preview
     import finetune.sources
-    import webui.data_actions as da
+    import service.datasets as da
     from storage.store import Store
 
     finetune.sources.decode = meter.wrap("decode UTF-8", finetune.sources.decode)
@@ -187,15 +187,15 @@ def child_ours(path: Path, work: Path, models_dir: Path, options: dict, preview:
     from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
     torch.set_num_threads(1)
+    import service
     from storage.settings import Settings
     from storage.store import Store
-    from webui import data_actions
 
     meter = Meter()
     _instrument(meter)
     settings = Settings(data_dir=work / "data", models_dir=models_dir)
     Store(settings.data_dir).init()
-    upload = meter.wrap("upload", data_actions.upload_dataset)
+    upload = meter.wrap("upload", service.upload_dataset)
     start = time.perf_counter()
     info = upload(settings, path, "bench", options)
     upload_s = time.perf_counter() - start
@@ -207,7 +207,7 @@ def child_ours(path: Path, work: Path, models_dir: Path, options: dict, preview:
         "phases": [("upload", upload_s, meter.peaks["upload"])],
     }
     if preview:
-        show = meter.wrap("preview", data_actions.preview_dataset)
+        show = meter.wrap("preview", service.preview_dataset)
         start = time.perf_counter()
         shown = show(settings, info["id"], MODEL, 256)
         preview_s = time.perf_counter() - start

@@ -41,6 +41,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import service  # noqa: E402
 from bench.methods import device  # noqa: E402
 from finetune.data import read_rows  # noqa: E402
 from finetune.models import resolve_model  # noqa: E402
@@ -51,7 +52,6 @@ from jobs.runner import stop  # noqa: E402
 from storage.settings import Settings  # noqa: E402
 from storage.store import Job, JobState, Store  # noqa: E402
 from tests.tiny import build_tiny_model  # noqa: E402
-from webui import actions, data_actions  # noqa: E402
 
 TRAINING = {
     "max_steps": 2,
@@ -184,7 +184,7 @@ def run_queued(settings: Settings, spec: dict, n: int, worker, log: Path) -> dic
     """N jobs queued at once; wall time from the first Start to the last job's end."""
     store = Store(settings.data_dir)
     start = time.time()
-    job_ids = [actions.start_job(settings, spec)["job_id"] for _ in range(n)]
+    job_ids = [service.start_job(settings, spec)["job_id"] for _ in range(n)]
     jobs = sorted(wait_finished(store, job_ids, worker, log), key=lambda j: j.started_at)
     firsts = [_first_step(store, job.id) for job in jobs]
     return {
@@ -207,7 +207,7 @@ def measure_latency(settings: Settings, spec: dict, worker, log: Path) -> dict:
     store = Store(settings.data_dir)
     time.sleep(IDLE_S)
     clicked = time.time()
-    job_id = actions.start_job(settings, spec)["job_id"]
+    job_id = service.start_job(settings, spec)["job_id"]
     returned = time.time()
     job = wait_finished(store, [job_id], worker, log)[0]
     first = _first_step(store, job_id)
@@ -283,7 +283,7 @@ def main() -> None:
         Store(settings.data_dir).init()
         with output_to(work / "setup.log"):
             model = build_tiny_model(settings.models_dir / "tiny-llama")
-            dataset_id = data_actions.add_sample(settings, "arithmetic")["id"]
+            dataset_id = service.add_sample(settings, "arithmetic")["id"]
         spec = job_spec(model, dataset_id)
         log = work / "worker.log"
         worker = start_worker(settings, log)

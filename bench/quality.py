@@ -37,6 +37,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import service  # noqa: E402
 from bench.job_queue import start_worker  # noqa: E402
 from bench.methods import device  # noqa: E402
 from finetune.data import read_rows, write_rows  # noqa: E402
@@ -45,7 +46,6 @@ from finetune.train import split_rows  # noqa: E402
 from jobs.runner import stop  # noqa: E402
 from storage.settings import Settings  # noqa: E402
 from storage.store import JobState, Store  # noqa: E402
-from webui import actions, adapter_actions, data_actions, hub_actions, playground_actions  # noqa: E402
 
 # sample -> (metric, group column, rows scored at most, new tokens per answer)
 EVALUATION = {
@@ -78,7 +78,7 @@ def app_run(settings: Settings, dataset_id: str, minutes: float, worker) -> dict
         "dataset_id": dataset_id,
         "training": {"max_minutes": minutes},
     }
-    started = actions.start_job(settings, spec)
+    started = service.start_job(settings, spec)
     store = Store(settings.data_dir)
     job = wait(store, started["job_id"], worker, minutes * 60 + 900)
     metrics = store.list_metrics(job.id)
@@ -138,7 +138,7 @@ def plain_run(settings: Settings, dataset, job, minutes: float, work: Path) -> d
         for path in out.rglob("*"):
             if path.is_file():
                 zf.write(path, f"plain/{path.relative_to(out)}")
-    imported = adapter_actions.import_adapter(settings, archive, BUNDLED_NAME, "plain TRL")
+    imported = service.import_adapter(settings, archive, BUNDLED_NAME, "plain TRL")
     return {**result, "adapter_id": imported["adapter_id"]}
 
 
@@ -147,9 +147,9 @@ def evaluate(settings: Settings, sample: str, dataset_id: str, adapters: list, w
     options = {"metric": metric, "max_rows": rows, "group_by": group}
     if tokens:
         options["max_new_tokens"] = tokens
-    started = hub_actions.start_evaluation(settings, [None, *adapters], dataset_id, options)
+    started = service.start_evaluation(settings, [None, *adapters], dataset_id, options)
     wait(Store(settings.data_dir), started["job_id"], worker, 3600)
-    return hub_actions.evaluation_results(settings, started["job_id"])
+    return service.evaluation_results(settings, started["job_id"])
 
 
 def answers(settings: Settings, dataset, adapters: list, count: int = 3) -> list[dict]:
@@ -163,7 +163,7 @@ def answers(settings: Settings, dataset, adapters: list, count: int = 3) -> list
         prompt = row["messages"][-2]["content"]
         system = row["messages"][0]["content"] if row["messages"][0]["role"] == "system" else ""
         params = {"max_new_tokens": 40, "system_prompt": system}
-        outputs = playground_actions.compare(settings, prompt, [None, *adapters], params)["outputs"]
+        outputs = service.compare(settings, prompt, [None, *adapters], params)["outputs"]
         shown.append({"prompt": prompt, "reference": row["messages"][-1]["content"],
                       "answers": [o["text"] for o in outputs]})  # fmt: skip
     return shown
@@ -221,7 +221,7 @@ def main() -> None:
         try:
             for sample in samples:
                 dataset = Store(settings.data_dir).get_dataset(
-                    data_actions.add_sample(settings, sample)["id"]
+                    service.add_sample(settings, sample)["id"]
                 )
                 app = app_run(settings, dataset.id, args.minutes, worker)
                 print(f"{sample}: app run done ({app['steps']} steps)", flush=True)

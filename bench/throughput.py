@@ -24,12 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import service  # noqa: E402
 from finetune.data import write_rows  # noqa: E402
 from finetune.models import bundled_path  # noqa: E402
 from finetune.samples import arithmetic  # noqa: E402
 from storage.settings import Settings  # noqa: E402
 from storage.store import Store  # noqa: E402
-from webui import actions, data_actions  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -68,7 +68,7 @@ def run_app(settings: Settings, dataset_id: str, steps: int, batch: int, max_len
         },
     }
     clicked = time.time()
-    job_id = actions.start_job(settings, spec)["job_id"]
+    job_id = service.start_job(settings, spec)["job_id"]
     store = Store(settings.data_dir)
     while not (job := store.get_job(job_id)).state.finished:
         time.sleep(0.2)
@@ -95,7 +95,7 @@ def main() -> None:
     Store(settings.data_dir).init()
     rows = work / "rows.jsonl"
     write_rows(arithmetic(args.steps * args.batch * 2, 0, seed=1)[0], rows)
-    dataset_id = data_actions.upload_dataset(settings, rows, "bench")["id"]
+    dataset_id = service.upload_dataset(settings, rows, "bench")["id"]
     worker = subprocess.Popen(
         [
             sys.executable,

@@ -10,14 +10,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from finetune.data import DataError, common_system_prompt, read_rows
-from finetune.fields import SpecError
-from finetune.models import ModelError, resolve_model
+from finetune.data import common_system_prompt, read_rows
+from finetune.models import resolve_model
 from finetune.quiet import quiet_library_logs
 from finetune.spec import JobSpec, parse_spec
 from finetune.train import Reporter, TrainResult, final_metrics, train, write_model_card
+from jobs.failures import plain_reason
 from jobs.runner import LOG_NAME, stop_with_parent
-from jobs.runner import OOM_ADVICE_BY_KIND as KIND_OOM_ADVICE
 from jobs.sweep import PROBE
 from storage.settings import Settings, from_env
 from storage.store import JobState, Store, folder_bytes
@@ -119,37 +118,6 @@ _CANCELLED_BEFORE = (
 def stopped_state(store: Store, job_id: str) -> JobState:
     """A run stopped from outside was cancelled if a user asked, else interrupted by a shutdown."""
     return JobState.CANCELLED if store.get_job(job_id).cancel_requested else JobState.INTERRUPTED
-
-
-OOM_ADVICE = (
-    "Try QLoRA, a smaller batch size or max length, or activation checkpointing, then resume "
-    "it from its last checkpoint or retry it."
-)
-
-
-def plain_reason(exc: BaseException, kind: str = "train") -> str:
-    """One sentence a user can act on, for the failures we know (kind: the job's kind)."""
-    text = str(exc)
-    if isinstance(exc, ModelError | SpecError | DataError):
-        return text
-    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
-        where = "GPU" if "cuda" in text.lower() else "machine"
-        if kind != "train":
-            return f"The {kind} job ran out of memory on the {where}: {KIND_OOM_ADVICE[kind]}."
-        return f"The run ran out of memory on the {where}. {OOM_ADVICE}"
-    if isinstance(exc, IndexError) and "index out of range" in text:
-        return (
-            "The dataset's tokens do not fit the model: the tokenizer gives ids the model has no "
-            "embedding for. Pick the tokenizer that belongs to this base model."
-        )
-    if isinstance(exc, OSError) and exc.errno == 28:
-        return "The disk is full: free some space in the data dir, then resume or retry the job."
-    if isinstance(exc, FileNotFoundError):
-        return f"A file the job needs is missing: {exc.filename or text}."
-    if type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
-        return f"The model could not be downloaded (offline or unreachable Hub): {text}"
-    failed = "Training failed" if kind == "train" else f"The {kind} job failed"
-    return f"{failed}: {type(exc).__name__}: {text}"
 
 
 def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
@@ -294,7 +262,7 @@ def run_process(job_id: str) -> int:
     if store.get_job(job_id).kind == "train":
         state = run(settings, job_id, reporter)
     else:
-        from jobs.hub_runs import run_hub_job
+        from jobs.eval_merge import run_hub_job
 
         state = run_hub_job(settings, job_id, reporter)
     code = 0 if state in (JobState.SUCCEEDED, JobState.CANCELLED) else 1

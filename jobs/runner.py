@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from jobs import forkserver
+from jobs.failures import explain_exit
 from jobs.forkserver import ForkServer
 from jobs.sweep import advance
 from storage.settings import Settings
@@ -185,32 +186,6 @@ def stop(child, grace_s: float) -> None:
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
-
-
-# What to change when a job's process is killed for memory, by the job's kind.
-OOM_ADVICE_BY_KIND = {
-    "train": "try QLoRA, a smaller batch size or max length, or activation checkpointing",
-    "evaluate": "try fewer adapters at once, or fewer new tokens",
-    "merge": "free memory (the merge holds the base model twice), or merge on a larger machine",
-}
-
-
-def explain_exit(code: int, checkpoint: str | None = None, kind: str = "train") -> str:
-    what = "training process" if kind == "train" else f"{kind} process"
-    then = (
-        f" Resume it from its last checkpoint ({checkpoint}), or retry it."
-        if checkpoint
-        else (" It had no checkpoint yet: retry it." if kind == "train" else " Retry it.")
-    )
-    if code < 0:
-        name = signal.Signals(-code).name
-        if -code == signal.SIGKILL:
-            return (
-                f"The {what} was killed ({name}), most often because the machine ran out of "
-                f"memory: {OOM_ADVICE_BY_KIND.get(kind, OOM_ADVICE_BY_KIND['train'])}." + then
-            )
-        return f"The {what} was stopped by signal {name}." + then
-    return f"The {what} exited with status {code} before reporting a result."
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

@@ -71,9 +71,9 @@ def worker_settings(tmp_path_factory, tiny_model) -> Settings:
 @pytest.fixture(scope="module")
 def dataset_id(worker_settings) -> str:
     """The arithmetic sample, stored in worker_settings' data dir."""
-    from webui import data_actions
+    import service
 
-    return data_actions.add_sample(worker_settings, "arithmetic")["id"]
+    return service.add_sample(worker_settings, "arithmetic")["id"]
 
 
 @pytest.fixture

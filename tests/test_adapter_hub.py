@@ -12,11 +12,11 @@ import torch
 from peft import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+import service
 from finetune.fields import SpecError
 from storage.store import Store
 from tests.test_combine import make_adapter
 from tests.tiny import build_tiny_model
-from webui import actions, adapter_actions, playground_actions
 
 
 def lora(r: int = 4) -> LoraConfig:
@@ -43,9 +43,7 @@ def test_an_imported_adapter_is_stored_and_answers_like_the_original(
 ):
     folder = make_adapter(tiny_model, tmp_path / "made", lora(), seed=1)
     zipped = zip_folder(folder, tmp_path / "a.zip", extra=[("my-adapter/optimizer.pt", b"x")])
-    result = adapter_actions.import_adapter(
-        settings, str(zipped), str(tiny_model), "from elsewhere"
-    )
+    result = service.import_adapter(settings, str(zipped), str(tiny_model), "from elsewhere")
     assert result["origin"] == "imported" and result["method"] == "lora"
     assert result["ignored_files"] == ["my-adapter/optimizer.pt"]
     stored = store.adapter_dir(result["adapter_id"])
@@ -57,7 +55,7 @@ def test_an_imported_adapter_is_stored_and_answers_like_the_original(
     weights = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora())
     lora_params = sum(p.numel() for n, p in weights.named_parameters() if "lora_" in n)
     assert result["trainable_params"] == lora_params
-    listed = {a["id"]: a for a in actions.list_adapters(settings)}
+    listed = {a["id"]: a for a in service.list_adapters(settings)}
     assert listed[result["adapter_id"]]["origin"] == "imported"
 
     # It answers as the original folder does in a plain PEFT script.
@@ -66,7 +64,7 @@ def test_an_imported_adapter_is_stored_and_answers_like_the_original(
         want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), folder)
         got = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), stored)
         assert torch.equal(want(ids).logits, got(ids).logits)
-    outputs = playground_actions.generate(
+    outputs = service.generate(
         settings, str(tiny_model), [None, result["adapter_id"]], "What is 12 + 11?"
     )["outputs"]
     assert [o["adapter"] for o in outputs] == [None, result["adapter_id"]]
@@ -145,7 +143,7 @@ def _refusals(tmp: Path, tiny_model: Path, wider_model: Path) -> list[tuple[str,
 def test_imports_that_are_refused_leave_nothing(settings, store, tiny_model, wider_model, tmp_path):
     for name, path, message in _refusals(tmp_path, tiny_model, wider_model):
         with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
-            adapter_actions.import_adapter(settings, str(path), str(tiny_model))
+            service.import_adapter(settings, str(path), str(tiny_model))
         assert_nothing_stored(settings, store), name
     assert not (tmp_path.parent / "evil.txt").exists()
 
@@ -155,7 +153,7 @@ def test_a_soft_prompt_imports_and_an_unzipped_bomb_is_caught(
 ):
     config = PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM")
     folder = make_adapter(tiny_model, tmp_path / "prompt", config, seed=4)
-    result = adapter_actions.import_adapter(
+    result = service.import_adapter(
         settings, str(zip_folder(folder, tmp_path / "p.zip")), str(tiny_model)
     )
     assert result["method"] == "prompt_tuning" and result["trainable_params"] == 4 * 64
@@ -167,7 +165,7 @@ def test_a_soft_prompt_imports_and_an_unzipped_bomb_is_caught(
         zf.writestr("adapter_model.safetensors", bytes(3 * 2**20))
     assert bomb.stat().st_size < 2**20
     with pytest.raises(SpecError, match=r"unpack to 3.0 MB; the limit is 1 MB"):
-        adapter_actions.import_adapter(small, str(bomb), str(tiny_model))
+        service.import_adapter(small, str(bomb), str(tiny_model))
     assert len(store.list_adapters()) == 1
 
 
@@ -176,42 +174,40 @@ def test_combining_two_of_ours_stores_a_new_adapter(settings, store, tiny_model,
     for seed in (6, 7):
         folder = make_adapter(tiny_model, tmp_path / f"s{seed}", lora(), seed=seed)
         zipped = zip_folder(folder, tmp_path / f"s{seed}.zip")
-        ids.append(adapter_actions.import_adapter(settings, str(zipped), str(tiny_model))["id"])
-    made = adapter_actions.combine(settings, ids, [0.5, 0.5], "cat", name="both")
+        ids.append(service.import_adapter(settings, str(zipped), str(tiny_model))["id"])
+    made = service.combine(settings, ids, [0.5, 0.5], "cat", name="both")
     assert made["origin"] == "combined" and made["name"] == "both" and made["r"] == 8
     folder = store.adapter_dir(made["adapter_id"])
     recipe = json.loads((folder / "combined.json").read_text())
     assert [s["adapter_id"] for s in recipe["sources"]] == ids
     assert "both" in (folder / "README.md").read_text()
-    outputs = playground_actions.generate(
-        settings, str(tiny_model), [made["adapter_id"]], "What is 1 + 2?"
-    )
+    outputs = service.generate(settings, str(tiny_model), [made["adapter_id"]], "What is 1 + 2?")
     assert outputs["outputs"][0]["text"] is not None
 
     with pytest.raises(SpecError, match="one weight per adapter"):
-        adapter_actions.combine(settings, ids, [1.0], "cat")
+        service.combine(settings, ids, [1.0], "cat")
     with pytest.raises(LookupError):
-        adapter_actions.combine(settings, [ids[0], "ad-000000000000"], [1, 1], "cat")
+        service.combine(settings, [ids[0], "ad-000000000000"], [1, 1], "cat")
     before = len(store.list_adapters())
     with pytest.raises(SpecError, match="method: must be one of"):
-        adapter_actions.combine(settings, ids, [1, 1], "average")
+        service.combine(settings, ids, [1, 1], "average")
     assert len(store.list_adapters()) == before
 
 
 def test_push_to_hub_says_what_is_missing(settings, tiny_model, tmp_path, monkeypatch, offline_hub):
     folder = make_adapter(tiny_model, tmp_path / "p", lora(), seed=8)
-    adapter_id = adapter_actions.import_adapter(
+    adapter_id = service.import_adapter(
         settings, str(zip_folder(folder, tmp_path / "p.zip")), str(tiny_model)
     )["id"]
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no token stored by a login
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(SpecError, match="repo_id: give the Hub repo as owner/name"):
-        adapter_actions.push_to_hub(settings, adapter_id, "../up")
+        service.push_to_hub(settings, adapter_id, "../up")
     with pytest.raises(SpecError, match="No Hub token is configured: set HF_TOKEN"):
-        adapter_actions.push_to_hub(settings, adapter_id, "me/my-adapter")
+        service.push_to_hub(settings, adapter_id, "me/my-adapter")
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     with pytest.raises(SpecError, match="The Hub is not reachable from this machine"):
-        adapter_actions.push_to_hub(settings, adapter_id, "me/my-adapter")
+        service.push_to_hub(settings, adapter_id, "me/my-adapter")
 
 
 def test_adapters_that_would_rewrite_the_base_or_are_damaged_are_refused(
@@ -226,7 +222,7 @@ def test_adapters_that_would_rewrite_the_base_or_are_damaged_are_refused(
         (folder / "adapter_model.safetensors").read_bytes()
     )
     with pytest.raises(SpecError, match="pissa start unconverted: loading it would rewrite"):
-        adapter_actions.import_adapter(
+        service.import_adapter(
             settings, str(zip_folder(pissa, tmp_path / "p.zip")), str(tiny_model)
         )
 
@@ -236,11 +232,11 @@ def test_adapters_that_would_rewrite_the_base_or_are_damaged_are_refused(
     data[offset] ^= 0xFF
     damaged.write_bytes(bytes(data))
     with pytest.raises(SpecError, match="is damaged"):
-        adapter_actions.import_adapter(settings, str(damaged), str(tiny_model))
+        service.import_adapter(settings, str(damaged), str(tiny_model))
     assert_nothing_stored(settings, store)
 
     (folder / "recipe.json").write_text('{"base_model": "someone/else", "method": "full"}')
-    made = adapter_actions.import_adapter(
+    made = service.import_adapter(
         settings, str(zip_folder(folder, tmp_path / "r.zip")), str(tiny_model)
     )
     assert not (store.adapter_dir(made["adapter_id"]) / "recipe.json").exists()

@@ -10,11 +10,11 @@ from dataclasses import replace
 
 import pytest
 
+import service
 from finetune.data import SCHEMAS, BadRows, apply_policy, common_system_prompt, parse
 from finetune.preview import load_tokenizer, render
 from finetune.sources import DataError, Limits, Records, read_source
 from storage.store import InUse
-from webui import data_actions
 
 MESSAGES = {
     "messages": [
@@ -289,7 +289,7 @@ def _files_under(folder):
 
 def test_upload_stores_original_rows_mapping_and_stats(settings, store, tmp_path):
     path = write(tmp_path, "my data.csv", "q,a\nCapital of France?,Paris\nq2,a2\n")
-    info = data_actions.upload_dataset(
+    info = service.upload_dataset(
         settings,
         [str(path)],
         "",
@@ -301,7 +301,7 @@ def test_upload_stores_original_rows_mapping_and_stats(settings, store, tmp_path
     folder = store.dataset_dir(info["id"])
     assert (folder / "original-1.csv").read_bytes() == path.read_bytes()
     assert json.loads((folder / "rows.jsonl").read_text().splitlines()[0])["messages"] == CHAT
-    again = data_actions.list_datasets(settings)[0]
+    again = service.list_datasets(settings)[0]
     assert again["mapping"] == info["mapping"] and again["sources"] == ["my data.csv"]
 
 
@@ -309,7 +309,7 @@ def test_several_files_and_an_eval_file(settings, store, tmp_path):
     a = write(tmp_path, "a.jsonl", jsonl(PROMPT))
     b = write(tmp_path, "b.csv", "prompt,completion\nq,a\n")
     held = write(tmp_path, "held.jsonl", jsonl({"prompt": "e", "completion": "f"}))
-    info = data_actions.upload_dataset(settings, [a, b], "two", None, [held])
+    info = service.upload_dataset(settings, [a, b], "two", None, [held])
     assert (info["rows"], info["eval_rows"]) == (2, 1)
     folder = store.dataset_dir(info["id"])
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -324,10 +324,10 @@ def test_several_files_and_an_eval_file(settings, store, tmp_path):
 
 def test_drop_keeps_good_rows_and_records_the_bad(settings, store, tmp_path):
     path = write(tmp_path, "a.jsonl", jsonl(PROMPT, {"prompt": "x"}, PROMPT))
-    info = data_actions.upload_dataset(settings, path, "", {"on_bad_rows": "drop"})
+    info = service.upload_dataset(settings, path, "", {"on_bad_rows": "drop"})
     assert (info["rows"], info["dropped_rows"]) == (1, 2)
     assert [(p["row"], p["column"]) for p in info["bad_rows"]] == [(2, "completion"), (3, "")]
-    preview = data_actions.preview_dataset(settings, info["id"])
+    preview = service.preview_dataset(settings, info["id"])
     assert preview["bad_rows"] == info["bad_rows"] and preview["rows"][0]["messages"] == CHAT
 
 
@@ -336,14 +336,14 @@ def test_rows_too_long_for_the_model(settings, tiny_model, tmp_path):
     path = write(tmp_path, "a.jsonl", jsonl(PROMPT, long))
     options = {"base_model": str(tiny_model), "max_length": 64}
     with pytest.raises(BadRows, match=r"Row 2: is \d+ tokens of .*; max length 64"):
-        data_actions.upload_dataset(settings, path, "", options)
-    info = data_actions.upload_dataset(settings, path, "", {**options, "on_bad_rows": "drop"})
+        service.upload_dataset(settings, path, "", options)
+    info = service.upload_dataset(settings, path, "", {**options, "on_bad_rows": "drop"})
     assert info["rows"] == 1 and info["bad_rows"][0]["row"] == 2
 
 
 def test_same_content_twice_offers_the_existing_dataset(settings, store, tmp_path):
-    first = data_actions.upload_dataset(settings, write(tmp_path, "a.jsonl", jsonl(PROMPT)), "a")
-    second = data_actions.upload_dataset(settings, write(tmp_path, "b.jsonl", jsonl(PROMPT)), "b")
+    first = service.upload_dataset(settings, write(tmp_path, "a.jsonl", jsonl(PROMPT)), "a")
+    second = service.upload_dataset(settings, write(tmp_path, "b.jsonl", jsonl(PROMPT)), "b")
     assert second["id"] == first["id"] and second["existing"] and not first["existing"]
     assert "uploaded before as 'a'" in second["warnings"][-1]
     assert len(store.list_datasets()) == 1
@@ -353,7 +353,7 @@ def test_refused_upload_changes_nothing(settings, store, tmp_path):
     before = _files_under(settings.data_dir)
     path = write(tmp_path, "bad.jsonl", jsonl(PROMPT, {"prompt": "x", "completion": ""}))
     with pytest.raises(BadRows, match="Row 2"):
-        data_actions.upload_dataset(settings, path, "bad")
+        service.upload_dataset(settings, path, "bad")
     assert store.list_datasets() == []
     assert _files_under(settings.data_dir) == before
     assert list((settings.data_dir / "tmp").iterdir()) == []
@@ -362,28 +362,28 @@ def test_refused_upload_changes_nothing(settings, store, tmp_path):
 def test_upload_size_limit(settings, tmp_path):
     small = replace(settings, max_upload_mb=0)
     with pytest.raises(DataError, match="the limit is 0 B"):
-        data_actions.upload_dataset(small, write(tmp_path, "a.jsonl", jsonl(PROMPT)), "a")
+        service.upload_dataset(small, write(tmp_path, "a.jsonl", jsonl(PROMPT)), "a")
 
 
 def test_delete_unless_a_job_may_still_read_it(settings, store, tmp_path):
-    info = data_actions.upload_dataset(settings, write(tmp_path, "a.jsonl", jsonl(PROMPT)), "a")
-    used = data_actions.upload_dataset(settings, write(tmp_path, "b.jsonl", jsonl(ALPACA)), "b")
+    info = service.upload_dataset(settings, write(tmp_path, "a.jsonl", jsonl(PROMPT)), "a")
+    used = service.upload_dataset(settings, write(tmp_path, "b.jsonl", jsonl(ALPACA)), "b")
     job = store.add_job("j", {"dataset_id": used["id"]}, used["id"])
     for state in ("queued", "running", "interrupted"):
         set_state(store, job.id, state)
         with pytest.raises(InUse, match=f"\\({job.id}\\)"):
-            data_actions.delete_dataset(settings, used["id"])
+            service.delete_dataset(settings, used["id"])
     assert store.dataset_dir(used["id"]).exists()
-    assert data_actions.delete_dataset(settings, info["id"]) == {"deleted": info["id"]}
+    assert service.delete_dataset(settings, info["id"]) == {"deleted": info["id"]}
     assert not store.dataset_dir(info["id"]).exists()
     with pytest.raises(LookupError):
-        data_actions.delete_dataset(settings, info["id"])
+        service.delete_dataset(settings, info["id"])
 
     set_state(store, job.id, "succeeded")  # a finished job keeps its record, not the data
-    data_actions.delete_dataset(settings, used["id"])
-    assert data_actions.list_datasets(settings) == []
+    service.delete_dataset(settings, used["id"])
+    assert service.list_datasets(settings) == []
     assert store.get_job(job.id).dataset_id == used["id"]
-    again = data_actions.upload_dataset(settings, write(tmp_path, "b.jsonl", jsonl(ALPACA)), "b")
+    again = service.upload_dataset(settings, write(tmp_path, "b.jsonl", jsonl(ALPACA)), "b")
     assert again["id"] != used["id"] and not again["existing"], "a deleted dataset is not reused"
     assert list((settings.data_dir / "tmp").iterdir()) == []
 
@@ -406,14 +406,14 @@ def set_state(store, job_id, state):
     ],
 )
 def test_samples_are_stored_once(settings, key, fmt, has_eval):
-    first = data_actions.add_sample(settings, key)
+    first = service.add_sample(settings, key)
     assert first["format"] == fmt and first["rows"] > 50 and first["warnings"] == []
     assert bool(first["eval_rows"]) == has_eval and first["dropped_rows"] == 0
-    assert data_actions.add_sample(settings, key)["id"] == first["id"]
+    assert service.add_sample(settings, key)["id"] == first["id"]
 
 
 def test_arithmetic_sample_is_right_and_its_eval_is_unseen(settings, store):
-    info = data_actions.add_sample(settings, "arithmetic")
+    info = service.add_sample(settings, "arithmetic")
     folder = store.dataset_dir(info["id"])
     questions = {}
     for name in ("rows.jsonl", "eval.jsonl"):
@@ -429,7 +429,7 @@ def test_arithmetic_sample_is_right_and_its_eval_is_unseen(settings, store):
 
 def test_unknown_sample(settings):
     with pytest.raises(ValueError, match="Unknown sample 'nope'"):
-        data_actions.add_sample(settings, "nope")
+        service.add_sample(settings, "nope")
 
 
 def test_detection_follows_the_majority_of_rows():
@@ -448,20 +448,20 @@ def test_eval_file_problems_say_eval(settings, tmp_path):
     train = write(tmp_path, "a.jsonl", jsonl(PROMPT))
     broken = write(tmp_path, "a2.jsonl", "{nope\n")
     with pytest.raises(DataError, match=r"^Eval file: a2\.jsonl line 1 is not valid JSON"):
-        data_actions.upload_dataset(settings, train, "", None, broken)
+        service.upload_dataset(settings, train, "", None, broken)
     other = write(tmp_path, "alpaca.jsonl", jsonl(ALPACA))
     with pytest.raises(DataError, match="Eval file: it needs the training file's columns"):
-        data_actions.upload_dataset(settings, train, "", None, other)
+        service.upload_dataset(settings, train, "", None, other)
     same = write(tmp_path, "same.jsonl", jsonl(PROMPT))
-    info = data_actions.upload_dataset(settings, train, "", None, same)
+    info = service.upload_dataset(settings, train, "", None, same)
     assert "1 eval rows also appear in the training rows" in info["warnings"][0]
     with pytest.raises(DataError, match="Allowed labels apply to classification data"):
-        data_actions.upload_dataset(settings, train, "", {"labels": ["a"]})
+        service.upload_dataset(settings, train, "", {"labels": ["a"]})
 
 
 def test_dry_run_reports_without_storing(settings, store, tmp_path):
     path = write(tmp_path, "a.jsonl", jsonl(PROMPT, {"prompt": "x"}))
-    report = data_actions.upload_dataset(settings, path, "", {"dry_run": True})
+    report = service.upload_dataset(settings, path, "", {"dry_run": True})
     assert report["stored"] is False and report["format"] == "prompt_completion"
     assert (report["rows"], report["bad_row_count"]) == (1, 1)
     assert report["bad_rows"] == [
@@ -478,7 +478,7 @@ def test_options_are_checked_by_name(settings, tmp_path):
         ({"nope": 1}, "options.nope: unknown option"),
     ):
         with pytest.raises(ValueError, match=message):
-            data_actions.upload_dataset(settings, path, "", options)
+            service.upload_dataset(settings, path, "", options)
 
 
 def test_a_model_without_a_tokenizer_is_named(settings, tmp_path):
@@ -486,6 +486,6 @@ def test_a_model_without_a_tokenizer_is_named(settings, tmp_path):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text('{"model_type": "llama"}')
     path = write(tmp_path, "a.jsonl", jsonl(PROMPT))
-    info = data_actions.upload_dataset(settings, path, "")
+    info = service.upload_dataset(settings, path, "")
     with pytest.raises(ValueError, match="The tokenizer of no-tokenizer cannot be loaded"):
-        data_actions.preview_dataset(settings, info["id"], "no-tokenizer")
+        service.preview_dataset(settings, info["id"], "no-tokenizer")

@@ -9,8 +9,7 @@ import pytest
 
 from finetune.data import DataError
 from finetune.models import ModelError
-from jobs.child import plain_reason
-from jobs.runner import explain_exit
+from jobs.failures import explain_exit, plain_reason
 
 CASES = [
     (MemoryError(), ["out of memory on the machine", "QLoRA", "smaller batch", "resume"]),

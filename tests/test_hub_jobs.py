@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import service
 from finetune.evaluate import (
     answer_losses,
     evaluate,
@@ -21,7 +22,6 @@ from finetune.fields import SpecError
 from finetune.generate import GenerationParams, ModelCache
 from storage.store import JobState, Store
 from tests.test_jobs import spec, wait_finished
-from webui import actions, hub_actions
 
 
 def test_exact_match_and_rouge_by_hand():
@@ -94,7 +94,7 @@ def trained(worker_settings, dataset_id, tiny_model):
     for method, params in (("lora", {"r": 4}), ("prompt_tuning", {})):
         job_spec = {**spec(tiny_model, dataset_id, max_steps=2), "method": method}
         job_spec["method_params"] = params
-        job_id = actions.start_job(worker_settings, job_spec)["job_id"]
+        job_id = service.start_job(worker_settings, job_spec)["job_id"]
         job = wait_finished(worker_settings, job_id)
         assert job.state == JobState.SUCCEEDED, job.error_detail
         made[method] = job.adapter_id
@@ -104,14 +104,14 @@ def trained(worker_settings, dataset_id, tiny_model):
 def test_an_evaluation_job_scores_base_and_adapters(worker_settings, dataset_id, trained):
     store = Store(worker_settings.data_dir)
     ids = [None, trained["lora"], trained["prompt_tuning"]]
-    started = hub_actions.start_evaluation(
+    started = service.start_evaluation(
         worker_settings, ids, dataset_id, {"max_rows": 4, "max_new_tokens": 4}
     )
     assert started["metric"] == "exact_match" and started["rows"] == 4
     job = wait_finished(worker_settings, started["job_id"])
     assert job.state == JobState.SUCCEEDED, job.error_detail
     assert (job.step, job.total_steps) == (12, 12)
-    results = hub_actions.evaluation_results(worker_settings, job.id)
+    results = service.evaluation_results(worker_settings, job.id)
     assert [s["adapter"] for s in results["summary"]] == ids
     assert all(0 <= s["exact_match"] <= 1 and s["rows"] == 4 for s in results["summary"])
     assert len(results["examples"]) == 4
@@ -123,7 +123,7 @@ def test_an_evaluation_job_scores_base_and_adapters(worker_settings, dataset_id,
     scored = store.job_evaluations(job.id)
     assert {r["adapter_id"] for r in scored} == set(ids)
 
-    rows = hub_actions.tradeoffs(worker_settings, [trained["lora"], trained["prompt_tuning"]])
+    rows = service.tradeoffs(worker_settings, [trained["lora"], trained["prompt_tuning"]])
     lora = rows[0]
     assert lora["metric"] == "exact_match" and lora["metric_value"] is not None
     assert lora["inference_overhead"] > 0 and lora["peak_memory_mb"] > 0
@@ -134,11 +134,11 @@ def test_an_evaluation_job_scores_base_and_adapters(worker_settings, dataset_id,
 def test_a_merge_job_writes_a_model_that_answers_as_the_adapter(
     worker_settings, trained, tiny_model, tmp_path
 ):
-    started = hub_actions.start_merge(worker_settings, trained["lora"], "float32")
+    started = service.start_merge(worker_settings, trained["lora"], "float32")
     job = wait_finished(worker_settings, started["job_id"])
     assert job.state == JobState.SUCCEEDED, job.error_detail
     assert job.result["max_logit_diff"] < 1e-4 and job.result["dtype"] == "float32"
-    path = hub_actions.download_merged(worker_settings, job.id)
+    path = service.download_merged(worker_settings, job.id)
     with zipfile.ZipFile(path) as zf:
         zf.extractall(tmp_path)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
@@ -151,50 +151,48 @@ def test_a_merge_job_writes_a_model_that_answers_as_the_adapter(
         assert torch.allclose(merged(ids).logits, adapter(ids).logits, atol=1e-4)
     assert not list((tmp_path / "merged").glob("*.bin")), "safetensors only"
 
-    half = hub_actions.start_merge(worker_settings, trained["lora"], "bfloat16")
+    half = service.start_merge(worker_settings, trained["lora"], "bfloat16")
     job = wait_finished(worker_settings, half["job_id"])
     assert job.state == JobState.SUCCEEDED and job.result["dtype"] == "bfloat16"
     assert 0 < job.result["max_logit_diff"] < 0.1 * job.result["max_logit"]
-    assert any(m["job_id"] == job.id for m in hub_actions.merged_models(worker_settings))
+    assert any(m["job_id"] == job.id for m in service.merged_models(worker_settings))
 
 
 def test_refusals_name_the_field(worker_settings, dataset_id, trained):
     with pytest.raises(SpecError, match="Prompt tuning adapters cannot be merged"):
-        hub_actions.start_merge(worker_settings, trained["prompt_tuning"])
+        service.start_merge(worker_settings, trained["prompt_tuning"])
     with pytest.raises(SpecError, match="dtype: must be one of float32"):
-        hub_actions.start_merge(worker_settings, trained["lora"], "int3")
+        service.start_merge(worker_settings, trained["lora"], "int3")
     with pytest.raises(SpecError, match="accuracy is for classification models"):
-        hub_actions.start_evaluation(
+        service.start_evaluation(
             worker_settings, [trained["lora"]], dataset_id, {"metric": "accuracy"}
         )
     with pytest.raises(SpecError, match=r"options\.max_rows: must be from 1"):
-        hub_actions.start_evaluation(
+        service.start_evaluation(
             worker_settings, [None, trained["lora"]], dataset_id, {"max_rows": 0}
         )
     with pytest.raises(SpecError, match=r"options\.top: unknown"):
-        hub_actions.start_evaluation(worker_settings, [trained["lora"]], dataset_id, {"top": 1})
+        service.start_evaluation(worker_settings, [trained["lora"]], dataset_id, {"top": 1})
     with pytest.raises(SpecError, match=r"options\.split: must be held_out or all"):
-        hub_actions.start_evaluation(
-            worker_settings, [trained["lora"]], dataset_id, {"split": "some"}
-        )
+        service.start_evaluation(worker_settings, [trained["lora"]], dataset_id, {"split": "some"})
     with pytest.raises(SpecError, match="dataset_id: no dataset"):
-        hub_actions.start_evaluation(worker_settings, [trained["lora"]], "ds-000000000000")
+        service.start_evaluation(worker_settings, [trained["lora"]], "ds-000000000000")
     with pytest.raises(ValueError, match="not an evaluation"):
-        hub_actions.evaluation_results(
+        service.evaluation_results(
             worker_settings, Store(worker_settings.data_dir).list_jobs()[-1].id
         )
 
 
 def test_all_rows_of_a_dataset_made_to_evaluate_on(settings, store, tmp_path):
     """split "all": every row (an uploaded eval file); held_out: only the split training left."""
-    from jobs.hub_runs import eval_rows
-    from webui import data_actions
+    import service
+    from jobs.eval_merge import eval_rows
 
     path = tmp_path / "eval.jsonl"
     path.write_text(
         "".join(f'{{"prompt": "What is {a} + 1?", "completion": "{a + 1}"}}\n' for a in range(40))
     )
-    dataset_id = data_actions.upload_dataset(settings, [str(path)], "to evaluate")["id"]
+    dataset_id = service.upload_dataset(settings, [str(path)], "to evaluate")["id"]
     spec = {"dataset_id": dataset_id, "max_rows": 100, "eval_fraction": 0.1, "seed": 42}
     assert len(eval_rows(store, {**spec, "split": "all"})) == 40
     assert len(eval_rows(store, {**spec, "split": "held_out"})) == 4
@@ -204,10 +202,10 @@ def test_all_rows_of_a_dataset_made_to_evaluate_on(settings, store, tmp_path):
 def test_an_adapter_that_held_out_nothing_is_flagged(settings, store):
     """Evaluating on the dataset an adapter trained on with eval_fraction 0 scores its own
     training rows: the start says so (and which split is used when adapters differ)."""
-    from webui import data_actions
-    from webui.hub_actions import _split_of
+    import service
+    from service.evaluation import _split_of
 
-    dataset_id = data_actions.add_sample(settings, "arithmetic")["id"]
+    dataset_id = service.add_sample(settings, "arithmetic")["id"]
     ids = []
     for name, fraction, seed in (("a", 0.0, 1), ("b", 0.2, 7), ("c", 0.1, 3)):
         spec = {"training": {"eval_fraction": fraction, "seed": seed}}

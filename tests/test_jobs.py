@@ -12,11 +12,11 @@ import time
 import psutil
 import pytest
 
+import service
 from finetune.samples import ARITHMETIC_SYSTEM
 from storage.settings import Settings
 from storage.store import JobState, Store
 from tests.conftest import PROJECT_ROOT
-from webui import actions, data_actions, job_actions, playground_actions
 
 TIMEOUT_S = 180
 
@@ -92,7 +92,7 @@ def child_of(settings: Settings, job_id: str) -> psutil.Process | None:
 
 
 def test_job_trains_in_a_child_and_writes_the_adapter(worker_settings, dataset_id, tiny_model):
-    started = actions.start_job(worker_settings, spec(tiny_model, dataset_id, logging_steps=1))
+    started = service.start_job(worker_settings, spec(tiny_model, dataset_id, logging_steps=1))
     assert started["status"] == "queued" and started["trainable_params"] > 0
     job = wait_finished(worker_settings, started["job_id"])
     assert job.state == JobState.SUCCEEDED, job.error_detail
@@ -111,15 +111,12 @@ def test_job_trains_in_a_child_and_writes_the_adapter(worker_settings, dataset_i
     assert "Trainable parameters" in card
     assert f'from_pretrained("{tiny_model}", dtype=torch.float32)' in card
     assert f'"content": "{ARITHMETIC_SYSTEM}"' in card, "the snippet prompts as training did"
-    assert (
-        playground_actions.training_system_prompt(worker_settings, job.adapter_id)
-        == ARITHMETIC_SYSTEM
-    )
+    assert service.training_system_prompt(worker_settings, job.adapter_id) == ARITHMETIC_SYSTEM
     adapter = store.get_adapter(job.adapter_id)
     assert adapter.trainable_params == started["trainable_params"] and adapter.size_bytes > 0
     assert (store.job_dir(job.id) / "train.log").stat().st_size > 0
     assert_adapter_trained_and_reloads(tiny_model, folder)
-    status = job_actions.job_status(worker_settings, job.id)
+    status = service.job_status(worker_settings, job.id)
     assert status["status"] == "succeeded"
     assert status["loss"] == [m.loss for m in metrics if m.loss is not None][-1]
     assert status["adapter_id"] == job.adapter_id and status["eval_loss"] is not None
@@ -148,24 +145,24 @@ def assert_adapter_trained_and_reloads(base_path, folder):
 
 def test_cancel_queued_and_running_jobs(worker_settings, dataset_id, tiny_model):
     store = Store(worker_settings.data_dir)
-    long_job = actions.start_job(worker_settings, spec(tiny_model, dataset_id, max_steps=100000))
-    behind = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
-    assert job_actions.cancel_job(worker_settings, behind["job_id"])["status"] == "cancelled"
+    long_job = service.start_job(worker_settings, spec(tiny_model, dataset_id, max_steps=100000))
+    behind = service.start_job(worker_settings, spec(tiny_model, dataset_id))
+    assert service.cancel_job(worker_settings, behind["job_id"])["status"] == "cancelled"
 
     wait_until(lambda: store.get_job(long_job["job_id"]).step >= 1, "the long job's first step")
-    assert job_actions.cancel_job(worker_settings, long_job["job_id"])["status"] == "running"
+    assert service.cancel_job(worker_settings, long_job["job_id"])["status"] == "running"
     job = wait_finished(worker_settings, long_job["job_id"])
     assert job.state == JobState.CANCELLED and job.step < 100000
     checkpoint = store.job_dir(job.id) / job.checkpoint
     assert (checkpoint / "adapter_model.safetensors").is_file(), "what it learned is kept"
     wait_until(lambda: child_of(worker_settings, job.id) is None, "the child to exit")
 
-    after = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
+    after = service.start_job(worker_settings, spec(tiny_model, dataset_id))
     assert wait_finished(worker_settings, after["job_id"]).state == JobState.SUCCEEDED
     never = store.get_job(behind["job_id"])
     assert never.state == JobState.CANCELLED and never.started_at is None
     with pytest.raises(ValueError, match="already ended"):
-        job_actions.cancel_job(worker_settings, behind["job_id"])
+        service.cancel_job(worker_settings, behind["job_id"])
 
 
 def test_a_failing_job_is_explained_and_the_queue_goes_on(worker_settings, dataset_id, tiny_model):
@@ -176,7 +173,7 @@ def test_a_failing_job_is_explained_and_the_queue_goes_on(worker_settings, datas
     assert job.state == JobState.FAILED
     assert "dataset ds-0123456789ab does not exist" in job.error
     assert "Traceback" in job.error_detail
-    good = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
+    good = service.start_job(worker_settings, spec(tiny_model, dataset_id))
     assert wait_finished(worker_settings, good["job_id"]).state == JobState.SUCCEEDED
 
 
@@ -186,7 +183,7 @@ def test_a_killed_child_is_interrupted_and_resumes_to_the_same_step(
     """kill -9 of the training process (what the OOM killer does): the job is interrupted, says
     why in plain words, and resumes from its last checkpoint to the planned final step."""
     store = Store(worker_settings.data_dir)
-    started = actions.start_job(
+    started = service.start_job(
         worker_settings, spec(tiny_model, dataset_id, max_steps=40, save_steps=2)
     )
     job_id = started["job_id"]
@@ -196,12 +193,12 @@ def test_a_killed_child_is_interrupted_and_resumes_to_the_same_step(
     assert job.state == JobState.INTERRUPTED
     assert "killed (SIGKILL)" in job.error and "out of memory" in job.error
     assert job.checkpoint in job.error and "Resume it" in job.error
-    status = job_actions.job_status(worker_settings, job_id)
+    status = service.job_status(worker_settings, job_id)
     assert status["resumable"] and status["checkpoint"] == job.checkpoint
     kept_step = int(job.checkpoint.rsplit("-", 1)[1])
     assert kept_step >= 2 and kept_step % 2 == 0
 
-    resumed = job_actions.resume_job(worker_settings, job_id)
+    resumed = service.resume_job(worker_settings, job_id)
     assert resumed["status"] == "queued" and resumed["position"] == 1
     job = wait_finished(worker_settings, job_id)
     assert job.state == JobState.SUCCEEDED, job.error_detail
@@ -210,21 +207,21 @@ def test_a_killed_child_is_interrupted_and_resumes_to_the_same_step(
     assert steps == list(range(1, 41)), "one point per step: the curve goes on from the checkpoint"
     assert not (store.job_dir(job_id) / "trainer").exists(), "checkpoints go once it succeeded"
     assert_adapter_trained_and_reloads(tiny_model, store.adapter_dir(job.adapter_id))
-    log = job_actions.job_log(worker_settings, job_id, lines=2000)["lines"]
+    log = service.job_log(worker_settings, job_id, lines=2000)["lines"]
     assert sum("==== run" in line for line in log) == 2
     with pytest.raises(ValueError, match="only a stopped job can be resumed"):
-        job_actions.resume_job(worker_settings, job_id)
+        service.resume_job(worker_settings, job_id)
 
 
 def test_cancel_while_the_child_is_still_loading(worker_settings, dataset_id, tiny_model):
     store = Store(worker_settings.data_dir)
-    started = actions.start_job(worker_settings, spec(tiny_model, dataset_id, max_steps=100000))
+    started = service.start_job(worker_settings, spec(tiny_model, dataset_id, max_steps=100000))
     wait_until(lambda: store.get_job(started["job_id"]).state == JobState.RUNNING, "the start")
-    job_actions.cancel_job(worker_settings, started["job_id"])  # long before the first step ends
+    service.cancel_job(worker_settings, started["job_id"])  # long before the first step ends
     job = wait_finished(worker_settings, started["job_id"])
     assert job.state == JobState.CANCELLED and job.error.startswith("Cancelled")
     wait_until(lambda: child_of(worker_settings, job.id) is None, "the child to exit")
-    good = actions.start_job(worker_settings, spec(tiny_model, dataset_id))
+    good = service.start_job(worker_settings, spec(tiny_model, dataset_id))
     assert wait_finished(worker_settings, good["job_id"]).state == JobState.SUCCEEDED
 
 
@@ -232,13 +229,13 @@ def test_a_dead_worker_loses_no_work(tmp_path, tiny_model):
     """A queued job with no task behind it runs when a worker starts; a worker killed mid-run
     leaves its job interrupted, with the weights of its last step kept."""
     settings = new_settings(tmp_path)
-    dataset_id = data_actions.add_sample(settings, "arithmetic")["id"]
+    dataset_id = service.add_sample(settings, "arithmetic")["id"]
     store = Store(settings.data_dir)
     orphan = store.add_job("no task", spec(tiny_model, dataset_id), dataset_id)  # never enqueued
     worker = start_worker(settings, tmp_path / "worker.log")
     try:
         assert wait_finished(settings, orphan.id).state == JobState.SUCCEEDED
-        long_job = actions.start_job(settings, spec(tiny_model, dataset_id, max_steps=100000))
+        long_job = service.start_job(settings, spec(tiny_model, dataset_id, max_steps=100000))
         wait_until(lambda: store.get_job(long_job["job_id"]).step >= 1, "the first step")
         child = child_of(settings, long_job["job_id"])
         worker.kill()
@@ -252,11 +249,11 @@ def test_a_dead_worker_loses_no_work(tmp_path, tiny_model):
             "the orphaned child to exit",
         )
         # A new worker takes the next queued job; the interrupted one waits to be resumed.
-        after = actions.start_job(settings, spec(tiny_model, dataset_id))
+        after = service.start_job(settings, spec(tiny_model, dataset_id))
         worker = start_worker(settings, tmp_path / "worker-2.log")
         assert wait_finished(settings, after["job_id"]).state == JobState.SUCCEEDED
         assert store.get_job(job.id).state == JobState.INTERRUPTED
-        assert job_actions.job_status(settings, job.id)["resumable"]
+        assert service.job_status(settings, job.id)["resumable"]
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -282,7 +279,7 @@ def test_jobs_run_in_processes_forked_from_the_fork_server(worker_settings, data
     pids = []
     store = Store(worker_settings.data_dir)
     for _ in range(2):
-        job_id = actions.start_job(worker_settings, spec(tiny_model, dataset_id))["job_id"]
+        job_id = service.start_job(worker_settings, spec(tiny_model, dataset_id))["job_id"]
         wait_until(lambda j=job_id: store.get_job(j).pid, "the job's process")
         try:
             parent = psutil.Process(store.get_job(job_id).pid).ppid()
@@ -292,7 +289,7 @@ def test_jobs_run_in_processes_forked_from_the_fork_server(worker_settings, data
         assert job.state == JobState.SUCCEEDED, job.error_detail
         assert parent in (server.pid, None)
         pids.append(job.pid)
-        log = job_actions.job_log(worker_settings, job.id, lines=2000)["lines"]
+        log = service.job_log(worker_settings, job.id, lines=2000)["lines"]
         assert any("==== run 1" in line for line in log), "the runner's header"
         assert any("train_runtime" in line for line in log), "the job's own output, in its log"
     assert pids[0] != pids[1], "a process of its own for each job"

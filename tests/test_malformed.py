@@ -1,6 +1,6 @@
 """Malformed uploads: each is refused with a message naming its problem, and nothing is stored.
 
-Every case goes through the real upload action (webui.data_actions.upload_dataset) with its own
+Every case goes through the real upload action (service.upload_dataset) with its own
 data dir. Run: pytest tests/test_malformed.py -q
 """
 
@@ -20,7 +20,7 @@ import pytest
 
 from finetune.data import BadRows, read_rows
 from finetune.sources import DataError
-from webui.data_actions import upload_dataset
+from service.datasets import upload_dataset
 
 PC = {"prompt": "Capital of France?", "completion": "Paris"}
 PC2 = {"prompt": "Capital of Peru?", "completion": "Lima"}

@@ -10,10 +10,11 @@ import pytest
 import torch
 from peft import IA3Config, LoraConfig, PromptTuningConfig
 
+import service
 from finetune.generate import GenerationParams, _cut
+from service.playground import PLAYGROUND
+from storage.store import Store
 from tests.test_combine import make_adapter
-from webui import adapter_actions, playground_actions
-from webui.playground_actions import PLAYGROUND
 
 SAMPLING = {"max_new_tokens": 6, "temperature": 0.9, "top_p": 0.95, "seed": 7}
 CONFIGS = {
@@ -33,7 +34,7 @@ def adapter_ids(settings, tiny_model, tmp_path) -> list[str]:
         with zipfile.ZipFile(zipped, "w") as zf:
             for path in folder.iterdir():
                 zf.write(path, path.name)
-        made = adapter_actions.import_adapter(settings, str(zipped), str(tiny_model), name)
+        made = service.import_adapter(settings, str(zipped), str(tiny_model), name)
         ids.append(made["adapter_id"])
     PLAYGROUND.unload()
     yield ids
@@ -59,29 +60,29 @@ def test_side_by_side_equals_each_alone_and_the_base_is_untouched(
 ):
     prompt = "What is 12 + 11?"
     columns = [None, *adapter_ids]
-    together = playground_actions.compare(settings, prompt, columns, SAMPLING)["outputs"]
+    together = service.compare(settings, prompt, columns, SAMPLING)["outputs"]
     assert [o["adapter"] for o in together] == columns
     assert all(o["tokens"] >= 1 and o["seconds"] > 0 for o in together)
     assert len({o["text"] for o in together}) > 1, "the adapters change the answers"
     digest = base_digest()
 
     # Switched back and forth, in another order: the base weights stay as they were.
-    again = playground_actions.compare(settings, prompt, columns[::-1], SAMPLING)["outputs"]
+    again = service.compare(settings, prompt, columns[::-1], SAMPLING)["outputs"]
     assert [o["text"] for o in again] == [o["text"] for o in together][::-1]
     assert base_digest() == digest
 
     for column, answer in zip(columns, together, strict=True):
         PLAYGROUND.unload()  # each model alone, freshly loaded
-        alone = playground_actions.compare(
-            settings, prompt, [column], SAMPLING, base_model=str(tiny_model)
-        )["outputs"]
+        alone = service.compare(settings, prompt, [column], SAMPLING, base_model=str(tiny_model))[
+            "outputs"
+        ]
         assert alone[0]["text"] == answer["text"], column
 
 
 def test_answers_stream_and_chats_keep_their_history(settings, tiny_model, adapter_ids):
-    model, (entry,) = playground_actions.entries(settings, [adapter_ids[0]])
-    gen = playground_actions.generation_params({"max_new_tokens": 5})
-    steps = list(playground_actions.stream_answer(settings, model, entry, "Hi", [], gen))
+    model, (entry,) = service.entries(settings, [adapter_ids[0]])
+    gen = service.generation_params({"max_new_tokens": 5})
+    steps = list(service.stream_answer(settings, model, entry, "Hi", [], gen))
     assert [s["done"] for s in steps] == [False] * (len(steps) - 1) + [True]
     assert steps[-1]["tokens"] == len(steps) - 1, "one update per new token"
     texts = [s["text"] for s in steps[:-1]]
@@ -91,8 +92,8 @@ def test_answers_stream_and_chats_keep_their_history(settings, tiny_model, adapt
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": steps[-1]["text"]},
     ]
-    followed = list(playground_actions.stream_answer(settings, model, entry, "And?", history, gen))
-    fresh = list(playground_actions.stream_answer(settings, model, entry, "And?", [], gen))
+    followed = list(service.stream_answer(settings, model, entry, "And?", history, gen))
+    fresh = list(service.stream_answer(settings, model, entry, "And?", [], gen))
     assert followed[-1]["done"] and fresh[-1]["done"]
 
 
@@ -109,7 +110,7 @@ def test_bad_compare_requests_say_what_is_wrong(settings, tiny_model, adapter_id
     ]
     for args, message in cases:
         with pytest.raises((ValueError, LookupError), match=message):
-            playground_actions.compare(settings, *args)
+            service.compare(settings, *args)
 
 
 def test_stop_strings_end_the_answer_before_them():
@@ -124,15 +125,15 @@ def test_an_adapter_that_fails_to_load_leaves_no_half_changed_base(
 ):
     """Weights that do not load: the error reaches the caller, and the base (which may already
     hold the new adapter's layers) is dropped, so the next answer loads it afresh."""
-    store = adapter_actions.Store(settings.data_dir)
+    store = Store(settings.data_dir)
     broken = store.adapter_dir(adapter_ids[1]) / "adapter_model.safetensors"
-    good = playground_actions.compare(settings, "Hi", [None], SAMPLING, str(tiny_model))
+    good = service.compare(settings, "Hi", [None], SAMPLING, str(tiny_model))
     assert PLAYGROUND._models, "the base is loaded"
     broken.write_bytes(b"not safetensors")
     with pytest.raises(Exception):  # noqa: B017 (safetensors' own error type)
-        playground_actions.compare(settings, "Hi", [adapter_ids[1]], SAMPLING)
+        service.compare(settings, "Hi", [adapter_ids[1]], SAMPLING)
     assert not PLAYGROUND._models, "the base it was loaded into is dropped"
-    again = playground_actions.compare(settings, "Hi", [None], SAMPLING, str(tiny_model))
+    again = service.compare(settings, "Hi", [None], SAMPLING, str(tiny_model))
     assert again["outputs"][0]["text"] == good["outputs"][0]["text"]
 
 
@@ -142,8 +143,8 @@ def test_models_of_their_own_stay_under_the_memory_bound(settings, tiny_model, a
     from finetune.generate import ModelCache
 
     # LoRA first: the shared base is then LoRA's, and IA3 and the soft prompt are copies.
-    model, entries = playground_actions.entries(settings, [adapter_ids[0], *adapter_ids[2:]])
-    gen = playground_actions.generation_params(SAMPLING)
+    model, entries = service.entries(settings, [adapter_ids[0], *adapter_ids[2:]])
+    gen = service.generation_params(SAMPLING)
     chat = [{"role": "user", "content": "Hi"}]
     free = ModelCache()
     wanted = [list(free.stream(model, e, chat, gen))[-1]["text"] for e in entries]
@@ -163,5 +164,5 @@ def test_models_of_their_own_stay_under_the_memory_bound(settings, tiny_model, a
     assert got == wanted
 
     limited = settings.__class__(**{**vars(settings), "playground_memory_mb": 1})
-    assert playground_actions.memory_bound(limited) == 2**20
-    assert playground_actions.memory_bound(settings) > 2**20
+    assert service.memory_bound(limited) == 2**20
+    assert service.memory_bound(settings) > 2**20

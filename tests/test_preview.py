@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import service
 from finetune.preview import (
     encode_row,
     encode_rows,
@@ -17,7 +18,6 @@ from finetune.preview import (
 from finetune.train import to_examples, to_prompt_completion
 from storage.store import JobState
 from tests.conftest import bundled_models_dir
-from webui import data_actions
 
 SYSTEM = {"role": "system", "content": "Answer with a number."}
 
@@ -131,8 +131,8 @@ def test_preview_action_with_stats_and_epoch_time_from_history(
 ):
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in CHAT_ROWS))
-    info = data_actions.upload_dataset(settings, path, "p")
-    preview = data_actions.preview_dataset(settings, info["id"], str(tiny_model), MAX_LENGTH, 2)
+    info = service.upload_dataset(settings, path, "p")
+    preview = service.preview_dataset(settings, info["id"], str(tiny_model), MAX_LENGTH, 2)
     assert len(preview["examples"]) == 2 and len(preview["rows"]) == 2
     stats = preview["token_stats"]
     lengths = token_lengths(load_tokenizer(str(tiny_model)), CHAT_ROWS)
@@ -146,7 +146,7 @@ def test_preview_action_with_stats_and_epoch_time_from_history(
     store.claim_job(job.id)
     store.add_metric(job.id, step=1, tokens_per_s=100.0)
     store.finish_job(job.id, JobState.SUCCEEDED)
-    again = data_actions.preview_dataset(settings, info["id"], str(tiny_model), MAX_LENGTH)
+    again = service.preview_dataset(settings, info["id"], str(tiny_model), MAX_LENGTH)
     timed = again["token_stats"]
     assert timed["tokens_per_s_history"] == 100.0
     assert timed["seconds_per_epoch"] == round(timed["tokens_per_epoch"] / 100.0, 1)

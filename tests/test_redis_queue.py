@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+import service
 from jobs.queue import make_huey
 from jobs.runner import stop
 from storage.settings import Settings
@@ -19,7 +20,6 @@ from storage.store import JobState, Store
 from tests.conftest import PROJECT_ROOT
 from tests.test_jobs import new_settings, wait_finished, wait_until
 from tests.test_queue import quick
-from webui import actions, data_actions
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 QUEUE_KEY = "huey.redis.adapterlab"  # huey's list of waiting tasks for a RedisHuey "adapterlab"
@@ -89,10 +89,10 @@ def calls(client: redis.Redis, command: str) -> int:
 def test_jobs_wake_a_worker_through_redis(redis_port, tiny_model, tmp_path):
     settings = replace(new_settings(tmp_path), queue_url=f"redis://127.0.0.1:{redis_port}/0")
     client = redis.Redis(host="127.0.0.1", port=redis_port)
-    dataset_id = data_actions.add_sample(settings, "arithmetic")["id"]
+    dataset_id = service.add_sample(settings, "arithmetic")["id"]
 
     # Queued before any worker runs: the wake-up waits in Redis, under the app's own key.
-    first = actions.start_job(settings, quick(tiny_model, dataset_id))["job_id"]
+    first = service.start_job(settings, quick(tiny_model, dataset_id))["job_id"]
     assert client.llen(QUEUE_KEY) == 1
 
     worker = start_redis_worker(settings, tmp_path / "worker.log")
@@ -101,7 +101,7 @@ def test_jobs_wake_a_worker_through_redis(redis_port, tiny_model, tmp_path):
         # it through Redis alone (it would not hear of them otherwise, and they would time out).
         wait_until(lambda: calls(client, "brpop") > 0, "the worker to wait on Redis")
         ids = [first] + [
-            actions.start_job(settings, quick(tiny_model, dataset_id))["job_id"] for _ in range(2)
+            service.start_job(settings, quick(tiny_model, dataset_id))["job_id"] for _ in range(2)
         ]
         jobs = [wait_finished(settings, job_id) for job_id in ids]
         assert [job.state for job in jobs] == [JobState.SUCCEEDED] * 3, [

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+import service
 from finetune.fields import SpecError
 from finetune.methods import get_method
 from finetune.search import best, parse_search, trials, with_values
 from finetune.spec import TRAINING_FIELDS, parse_spec
 from storage.store import JobState, Store
 from tests.test_jobs import spec, wait_finished, wait_until
-from webui import actions, job_actions
 
 NAMES = {f.name for f in TRAINING_FIELDS}
 
@@ -23,7 +23,7 @@ def test_an_auto_search_tries_rates_and_ranks_then_trains_with_the_best(
     worker_settings, dataset_id, tiny_model
 ):
     store = Store(worker_settings.data_dir)
-    started = actions.start_job(
+    started = service.start_job(
         worker_settings,
         searched(
             tiny_model, dataset_id, {"mode": "auto", "share": 0.5}, max_steps=24, learning_rate=1e-2
@@ -56,7 +56,7 @@ def test_an_auto_search_tries_rates_and_ranks_then_trains_with_the_best(
     assert final.spec["training"]["max_steps"] == 12 and final.state == JobState.SUCCEEDED
     assert parent.adapter_id == final.adapter_id and parent.result["adapter_id"] == final.adapter_id
     assert [r["job_id"] for r in parent.result["trials"]] == [p.id for p in probes]
-    status = job_actions.job_status(worker_settings, parent.id)
+    status = service.job_status(worker_settings, parent.id)
     assert status["kind"] == "sweep" and status["result"]["final_job_id"] == final.id
     assert (status["step"], status["total_steps"]) == (7, 7)
 
@@ -65,7 +65,7 @@ def test_a_grid_search_keeps_each_trials_adapter_and_names_the_best(
     worker_settings, dataset_id, tiny_model
 ):
     search = {"mode": "grid", "space": {"learning_rate": [1e-4, 3e-2]}}
-    started = actions.start_job(
+    started = service.start_job(
         worker_settings, searched(tiny_model, dataset_id, search, max_steps=4)
     )
     parent = wait_finished(worker_settings, started["job_id"])
@@ -83,28 +83,28 @@ def test_a_grid_search_keeps_each_trials_adapter_and_names_the_best(
 def test_cancelling_a_search_cancels_its_trials(worker_settings, dataset_id, tiny_model):
     store = Store(worker_settings.data_dir)
     search = {"mode": "grid", "space": {"learning_rate": [1e-3, 2e-3, 3e-3]}}
-    started = actions.start_job(
+    started = service.start_job(
         worker_settings, searched(tiny_model, dataset_id, search, max_steps=100000)
     )
     wait_until(lambda: store.get_job(started["trials"][0]).step >= 1, "the first trial's step")
-    assert job_actions.cancel_job(worker_settings, started["job_id"])["status"] == "cancelled"
+    assert service.cancel_job(worker_settings, started["job_id"])["status"] == "cancelled"
     for trial in started["trials"]:
         assert wait_finished(worker_settings, trial).state == JobState.CANCELLED
     with pytest.raises(ValueError, match="ended"):
-        job_actions.cancel_job(worker_settings, started["job_id"])
-    job_actions.delete_job(worker_settings, started["job_id"])
+        service.cancel_job(worker_settings, started["job_id"])
+    service.delete_job(worker_settings, started["job_id"])
     assert store.children(started["job_id"]) == []
 
 
 def test_a_search_needs_held_out_rows(worker_settings, dataset_id, tiny_model):
     # the arithmetic sample has its own eval split; a dataset without one and eval_fraction 0
     # cannot rank trials
-    from webui import data_actions
+    import service
 
     rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(20)]
-    info = data_actions.upload_dataset(worker_settings, _jsonl(worker_settings, rows), "tiny")
+    info = service.upload_dataset(worker_settings, _jsonl(worker_settings, rows), "tiny")
     with pytest.raises(SpecError, match="search: trials are compared by their eval loss"):
-        actions.start_job(
+        service.start_job(
             worker_settings,
             searched(tiny_model, info["id"], {"mode": "auto"}, max_steps=4, eval_fraction=0),
         )
@@ -151,7 +151,7 @@ def test_bad_searches_name_the_field(search, field):
 def test_a_trials_bad_value_is_refused_naming_the_field(worker_settings, dataset_id, tiny_model):
     search = {"mode": "grid", "space": {"batch_size": [4, 0]}}
     with pytest.raises(SpecError, match=r"training\.batch_size: must be from 1"):
-        actions.start_job(worker_settings, searched(tiny_model, dataset_id, search, max_steps=2))
+        service.start_job(worker_settings, searched(tiny_model, dataset_id, search, max_steps=2))
 
 
 def test_random_trials_are_seeded_draws_within_the_ranges():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import service
 from finetune.data import write_rows
 from finetune.fields import SpecError
 from finetune.samples import arithmetic
@@ -15,7 +16,6 @@ from finetune.schedule import schedule_factor
 from finetune.spec import parse_spec
 from finetune.train import UNBOUNDED_STEPS, build_run, train
 from tests.test_train import Recorder
-from webui import actions, data_actions
 
 
 def spec_for(model, method="lora", **training):
@@ -200,14 +200,14 @@ def test_options_the_model_or_data_cannot_take_are_refused_at_start(
 ):
     path = Path(settings.data_dir) / "few.jsonl"
     write_rows([{"text": f"a text {i}", "label": "ab"[i % 2]} for i in range(8)], path)
-    labelled = data_actions.upload_dataset(settings, [str(path)], "few")["id"]
+    labelled = service.upload_dataset(settings, [str(path)], "few")["id"]
     with pytest.raises(SpecError, match=r"^training\.packing: packs the rows of a decoder"):
-        actions.start_job(
+        service.start_job(
             settings,
             {"base_model": str(tiny_bert), "dataset_id": labelled, "training": {"packing": True}},
         )
     no_eval = {"eval_fraction": 0.0, "early_stopping_patience": 2}
     with pytest.raises(SpecError, match=r"^training\.early_stopping_patience: .* holds out no"):
-        actions.start_job(
+        service.start_job(
             settings, {"base_model": str(tiny_model), "dataset_id": labelled, "training": no_eval}
         )

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
+import service
 from finetune.methods import get_method
 from storage.store import Job, JobState, Metric, Store
-from webui import actions, data_actions, job_actions
 from webui.blocks import build_app
 from webui.data_tab import (
     mapping_updates,
@@ -151,7 +151,7 @@ def test_form_counts_and_start(with_tiny):
     )
     message = on_start_click(with_tiny, form, data)
     assert message.startswith("**Not started.** dataset_id")
-    dataset = data_actions.add_sample(with_tiny, "arithmetic")
+    dataset = service.add_sample(with_tiny, "arithmetic")
     form, data = filled_form(with_tiny, dataset=dataset["id"], r=4, max_steps=2)
     assert "2,000 training rows and its own eval split of 200 rows" in on_form_change(
         with_tiny, form, data
@@ -320,7 +320,7 @@ def test_status_readers_settle_jobs_whose_process_died(settings, store):
     store.claim_job(job.id)
     store.update_job(job.id, heartbeat_at=time.time() - 3600)
     assert tick(settings, job.id)["table"][0][1] == "interrupted"
-    assert job_actions.job_status(settings, job.id)["status"] == "interrupted"
+    assert service.job_status(settings, job.id)["status"] == "interrupted"
 
 
 def test_curves_start_with_every_series_the_job_will_have(store):
@@ -367,7 +367,7 @@ def test_source_change_detects_or_explains(settings, tmp_path, offline_hub):
 def test_delete_handler(settings, store, tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text('{"prompt": "q", "completion": "a"}\n')
-    info = data_actions.upload_dataset(settings, path)
+    info = service.upload_dataset(settings, path)
     store.add_job("j", {}, info["id"])
     message, *_ = on_delete_click(settings, info["id"])
     assert message.startswith("**Not deleted.** Dataset 'a' is needed by 1 job(s)")
@@ -401,7 +401,7 @@ def test_each_method_has_its_own_fields_and_count(with_tiny):
 def test_list_methods_is_the_registry():
     from finetune.methods import METHODS
 
-    listed = actions.list_methods()
+    listed = service.list_methods()
     assert [m["id"] for m in listed] == list(METHODS)
     lora = listed[0]
     assert {f["name"] for f in lora["fields"]} >= {"r", "lora_alpha", "use_dora", "use_rslora"}
@@ -424,20 +424,20 @@ def test_progress_shows_peak_memory_beside_the_estimate():
 
 def test_an_encoder_classifies_and_refuses_other_datasets(settings, tiny_bert, tmp_path):
     shutil.copytree(tiny_bert, settings.models_dir / "bert")
-    topics = data_actions.add_sample(settings, "topics")
-    chat = data_actions.add_sample(settings, "arithmetic")
+    topics = service.add_sample(settings, "topics")
+    chat = service.add_sample(settings, "arithmetic")
     spec = {"base_model": "bert", "dataset_id": topics["id"], "training": {"max_steps": 1}}
-    estimate = actions.estimate(settings, spec)
+    estimate = service.estimate(settings, spec)
     assert estimate["task"] == "SEQ_CLS"
     head = 64 * 5 + 5  # the classifier for the sample's five labels trains too
     assert estimate["trainable_params"] > head
-    started = actions.start_job(settings, spec)
+    started = service.start_job(settings, spec)
     job = Store(settings.data_dir).get_job(started["job_id"])
     assert job.spec["method_params"]["target_modules"] == ["query", "key", "value"]
     with pytest.raises(ValueError, match="needs a classification dataset"):
-        actions.start_job(settings, {**spec, "dataset_id": chat["id"]})
+        service.start_job(settings, {**spec, "dataset_id": chat["id"]})
     with pytest.raises(ValueError, match="has no chat template"):
-        data_actions.preview_dataset(settings, chat["id"], "bert")
+        service.preview_dataset(settings, chat["id"], "bert")
 
 
 def test_method_choices_follow_the_model(with_tiny, tiny_bert):

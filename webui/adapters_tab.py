@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+import service
 from finetune.combine import COMBINATIONS, WITH_DENSITY
 from finetune.merge import DTYPES
 from storage.settings import Settings
-from webui import actions, adapter_actions, hub_actions
 from webui.forms import base_model_dropdown
 
 HEADERS = ["name", "id", "origin", "method", "base model", "trainable", "size on disk"]
@@ -34,13 +34,13 @@ def adapters_rows(settings: Settings) -> list[list]:
             f"{a['trainable_params']:,}" if a["trainable_params"] else "",
             f"{(a['size_bytes'] or 0) / 2**20:.2f} MiB",
         ]
-        for a in actions.list_adapters(settings)
+        for a in service.list_adapters(settings)
     ]
 
 
 def on_adapters_refresh(settings: Settings, current: str | None, selected: list[str] | None):
     """The table, the download picker and the combine picker, read from storage."""
-    choices = [(f"{a['name']} · {a['id']}", a["id"]) for a in actions.list_adapters(settings)]
+    choices = [(f"{a['name']} · {a['id']}", a["id"]) for a in service.list_adapters(settings)]
     ids = [v for _, v in choices]
     return (
         adapters_rows(settings),
@@ -50,7 +50,7 @@ def on_adapters_refresh(settings: Settings, current: str | None, selected: list[
 
 
 def on_download_click(settings: Settings, adapter_id: str | None):
-    return _offer(adapter_id, "Pick an adapter first.", actions.download_adapter, settings)
+    return _offer(adapter_id, "Pick an adapter first.", service.download_adapter, settings)
 
 
 def _offer(value: str | None, missing: str, make, settings: Settings):
@@ -67,7 +67,7 @@ def on_push_click(settings: Settings, adapter_id: str | None, repo_id: str) -> s
     if not adapter_id:
         return "**Not pushed.** Pick an adapter first."
     try:
-        pushed = adapter_actions.push_to_hub(settings, adapter_id, repo_id)
+        pushed = service.push_to_hub(settings, adapter_id, repo_id)
     except (ValueError, LookupError) as exc:
         return f"**Not pushed.** {exc}"
     return f"Pushed to [{pushed['repo_id']}]({pushed['url']}) (private)."
@@ -77,7 +77,7 @@ def on_merge_click(settings: Settings, adapter_id: str | None, dtype: str) -> st
     if not adapter_id:
         return "**Not merged.** Pick an adapter first."
     try:
-        started = hub_actions.start_merge(settings, adapter_id, dtype)
+        started = service.start_merge(settings, adapter_id, dtype)
     except (ValueError, LookupError) as exc:
         return f"**Not merged.** {exc}"
     return (
@@ -93,7 +93,7 @@ def merged_update(settings: Settings, current: str | None):
             f"diff {m['max_logit_diff']:.2g}",
             m["job_id"],
         )
-        for m in hub_actions.merged_models(settings)
+        for m in service.merged_models(settings)
     ]
     ids = [v for _, v in choices]
     return gr.update(
@@ -103,12 +103,12 @@ def merged_update(settings: Settings, current: str | None):
 
 def on_merged_download_click(settings: Settings, job_id: str | None):
     no_merge = "No merged model yet: merge an adapter first."
-    return _offer(job_id, no_merge, hub_actions.download_merged, settings)
+    return _offer(job_id, no_merge, service.download_merged, settings)
 
 
 def on_import_click(settings: Settings, file: str | None, base_model: str, name: str) -> str:
     try:
-        made = adapter_actions.import_adapter(settings, file, base_model, name)
+        made = service.import_adapter(settings, file, base_model, name)
     except (ValueError, LookupError) as exc:
         return f"**Not imported.** {exc}"
     notes = "".join(f"\n- {w}" for w in made["warnings"])
@@ -143,7 +143,7 @@ def on_combine_click(
     if len(adapter_ids) < 2:
         return "**Not combined.** Pick two adapters or more."
     try:
-        made = adapter_actions.combine(
+        made = service.combine(
             settings,
             adapter_ids,
             parse_weights(weights or "", len(adapter_ids)),

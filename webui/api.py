@@ -8,15 +8,8 @@ from typing import Any
 
 import gradio as gr
 
+import service
 from storage.settings import Settings
-from webui import (
-    actions,
-    adapter_actions,
-    data_actions,
-    hub_actions,
-    job_actions,
-    playground_actions,
-)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -37,76 +30,76 @@ def register_api(settings: Settings) -> None:
 
     def start_job(spec: dict) -> dict:
         """Validate a job spec and queue it -> {job_id, status, trainable_params, ...}."""
-        return actions.start_job(settings, spec)
+        return service.start_job(settings, spec)
 
     def estimate(spec: dict) -> dict:
         """Trainable and total parameters of a spec and the adapter's size, exact, without
         loading weights."""
-        return actions.estimate(settings, spec)
+        return service.estimate(settings, spec)
 
     def list_methods() -> list:
         """Every method: id, label, family, description, can_merge, can_combine, fields."""
-        return actions.list_methods()
+        return service.list_methods()
 
     def job_status(job_id: str) -> dict:
         """{job_id, status, position, step, total_steps, loss, eval_loss, error, adapter_id,
         checkpoint, resumable, heartbeat_at, worker, ...}."""
-        return job_actions.job_status(settings, job_id)
+        return service.job_status(settings, job_id)
 
     def cancel_job(job_id: str) -> dict:
         """Cancel a queued job, or stop a running one after its current step (checkpointed)."""
-        return job_actions.cancel_job(settings, job_id)
+        return service.cancel_job(settings, job_id)
 
     def list_jobs(state: str | None = None) -> list:
         """Every job, newest first, as job_status gives it; state keeps one state only."""
-        return job_actions.list_jobs(settings, state)
+        return service.list_jobs(settings, state)
 
     def set_priority(job_id: str, priority: int) -> dict:
         """A queued job's priority: higher runs first, equal ones oldest first."""
-        return job_actions.set_priority(settings, job_id, priority)
+        return service.set_priority(settings, job_id, priority)
 
     def resume_job(job_id: str) -> dict:
         """Queue a stopped job again from its last checkpoint, to the same final step."""
-        return job_actions.resume_job(settings, job_id)
+        return service.resume_job(settings, job_id)
 
     def retry_job(job_id: str) -> dict:
         """Start a failed, cancelled or interrupted job again from scratch, as a new job."""
-        return job_actions.retry_job(settings, job_id)
+        return service.retry_job(settings, job_id)
 
     def clone_job(job_id: str) -> dict:
         """The job's spec, to change and pass to start_job -> {job_id, spec}."""
-        return job_actions.clone_job(settings, job_id)
+        return service.clone_job(settings, job_id)
 
     def delete_job(job_id: str) -> dict:
         """Delete a job that is not running, with its log, checkpoints and curves; an adapter
         it wrote stays."""
-        return job_actions.delete_job(settings, job_id)
+        return service.delete_job(settings, job_id)
 
     def job_log(job_id: str, lines: int = 100) -> dict:
         """The last lines of the job's log -> {job_id, lines}."""
-        return job_actions.job_log(settings, job_id, lines)
+        return service.job_log(settings, job_id, lines)
 
     def job_samples(job_id: str) -> list:
         """Answers to the fixed sample prompts so far: [{step, prompt, text}], step 0 = base."""
-        return job_actions.job_samples(settings, job_id)
+        return service.job_samples(settings, job_id)
 
     def list_datasets() -> list:
         """Every dataset: {id, name, format, rows, eval_rows, dropped_rows, mapping, stats, ...}."""
-        return data_actions.list_datasets(settings)
+        return service.list_datasets(settings)
 
     def preview_dataset(dataset_id: str, base_model: str = "", max_length: int = 0) -> dict:
         """The first examples as training sees them with base_model's chat template (loss
         tokens marked), the token-length histogram and stats; max_length 0 = the default."""
-        return data_actions.preview_dataset(settings, dataset_id, base_model, max_length)
+        return service.preview_dataset(settings, dataset_id, base_model, max_length)
 
     def delete_dataset(dataset_id: str) -> dict:
         """Delete a dataset unless a queued, running or interrupted job needs it -> {deleted}."""
-        return data_actions.delete_dataset(settings, dataset_id)
+        return service.delete_dataset(settings, dataset_id)
 
     def list_adapters() -> list:
         """Every adapter: {id, name, base_model, method, origin (trained, combined, imported),
         trainable_params, total_params, size_bytes, job_id, created_at}."""
-        return actions.list_adapters(settings)
+        return service.list_adapters(settings)
 
     def combine_adapters(
         adapter_ids: list[str],
@@ -119,13 +112,13 @@ def register_api(settings: Settings) -> None:
         """A new adapter from LoRA (or IA3) adapters of one base, by weight; method: linear, cat,
         svd, ties, ties_svd, dare_linear, dare_ties, dare_linear_svd, dare_ties_svd,
         magnitude_prune, magnitude_prune_svd -> {adapter_id, r, ...}."""
-        return adapter_actions.combine(
+        return service.combine(
             settings, adapter_ids, weights, method, name or None, density, svd_rank
         )
 
     def add_sample(sample: str) -> dict:
         """Store a bundled sample as a dataset: arithmetic, chatterbot, topics, doc_titles."""
-        return data_actions.add_sample(settings, sample)
+        return service.add_sample(settings, sample)
 
     def generate(
         base_model: str,
@@ -134,7 +127,7 @@ def register_api(settings: Settings) -> None:
         params: dict | None = None,
     ) -> dict:
         """Answers of the base (null) and each adapter -> {outputs: [{adapter, text, ...}]}."""
-        return playground_actions.generate(settings, base_model, adapter_ids, prompt, params)
+        return service.generate(settings, base_model, adapter_ids, prompt, params)
 
     def compare(
         prompt: str,
@@ -145,12 +138,12 @@ def register_api(settings: Settings) -> None:
         """The base (null) and up to four adapters of one base answer the prompt with the same
         params (max_new_tokens, temperature, top_p, seed, system_prompt, stop) -> {outputs:
         [{adapter, text, seconds, tokens, tokens_per_s}]}; base_model only when no adapter."""
-        return playground_actions.compare(settings, prompt, adapter_ids, params, base_model or None)
+        return service.compare(settings, prompt, adapter_ids, params, base_model or None)
 
     def push_to_hub(adapter_id: str, repo_id: str, private: bool = True) -> dict:
         """Upload the adapter folder to a Hub model repo (owner/name) with the configured token
         -> {repo_id, url}; a clear error when no token is set or the Hub is unreachable."""
-        return adapter_actions.push_to_hub(settings, adapter_id, repo_id, private)
+        return service.push_to_hub(settings, adapter_id, repo_id, private)
 
     def evaluate(
         adapter_ids: list[str | None], dataset_id: str, options: dict | None = None
@@ -159,27 +152,27 @@ def register_api(settings: Settings) -> None:
         scored by options.metric (auto, exact_match, accuracy, rouge, perplexity); options also
         max_rows, max_new_tokens, eval_fraction, seed, base_model, name -> {job_id, metric,
         rows}."""
-        return hub_actions.start_evaluation(settings, adapter_ids, dataset_id, options)
+        return service.start_evaluation(settings, adapter_ids, dataset_id, options)
 
     def evaluation_results(job_id: str) -> dict:
         """{job_id, status, step, total_steps, metric, summary: [{adapter, <metric>, rows,
         seconds}], examples: [{index, prompt, reference, answers: [{adapter, text, score}]}]}."""
-        return hub_actions.evaluation_results(settings, job_id)
+        return service.evaluation_results(settings, job_id)
 
     def merge_adapter(adapter_id: str, dtype: str = "float32") -> dict:
         """Queue a job merging the adapter into its base (float32, bfloat16 or float16), saved
         as sharded safetensors and checked against the adapter model -> {job_id}."""
-        return hub_actions.start_merge(settings, adapter_id, dtype)
+        return service.start_merge(settings, adapter_id, dtype)
 
     def tradeoffs(adapter_ids: list[str]) -> list:
         """The PEFT trade-offs, one row per adapter: trainable_params, trainable_percent,
         size_bytes, peak_memory_mb, train_seconds, train_tokens_per_s, metric, metric_value,
         inference_overhead (answer time over the base's in its newest evaluation)."""
-        return hub_actions.tradeoffs(settings, adapter_ids)
+        return service.tradeoffs(settings, adapter_ids)
 
     def unload_models() -> dict:
         """Free the playground's loaded models -> {unloaded, loaded}."""
-        return playground_actions.unload()
+        return service.unload()
 
     for fn in (
         start_job,
@@ -239,11 +232,11 @@ def register_api(settings: Settings) -> None:
         """Files (CSV, TSV, JSON, JSONL, Parquet, text, or a .zip / .gz of them) -> the dataset's
         info plus `bad_rows`; options: format, mapping, on_bad_rows, labels, text_mode,
         base_model, max_length, hub_id, hub_split, hub_subset."""
-        return data_actions.upload_dataset(settings, files, name, options, eval_files)
+        return service.upload_dataset(settings, files, name, options, eval_files)
 
     def download_adapter(adapter_id: str) -> str:
         """The adapter folder as a .zip file."""
-        return str(actions.download_adapter(settings, adapter_id))
+        return str(service.download_adapter(settings, adapter_id))
 
     upload_button.click(
         user_errors(upload_dataset),
@@ -261,7 +254,7 @@ def register_api(settings: Settings) -> None:
     def import_adapter(file: str | None, base_model: str, name: str = "") -> dict[str, Any]:
         """A PEFT adapter folder as a .zip (safetensors only), checked against base_model ->
         {adapter_id, peft_type, method, trainable_params, warnings, ignored_files, ...}."""
-        return adapter_actions.import_adapter(settings, file, base_model, name or None)
+        return service.import_adapter(settings, file, base_model, name or None)
 
     import_button.click(
         user_errors(import_adapter),
@@ -272,7 +265,7 @@ def register_api(settings: Settings) -> None:
 
     def download_merged(job_id: str) -> str:
         """A finished merge job's model folder as a .zip file."""
-        return str(hub_actions.download_merged(settings, job_id))
+        return str(service.download_merged(settings, job_id))
 
     merged_button.click(
         user_errors(download_merged), [job_in], merged_out, api_name="download_merged"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+import service
 from storage.settings import Settings
-from webui import job_actions
 from webui.adapters_tab import build_adapters_tab
 from webui.api import register_api
 from webui.compare_tab import build_compare_tab
@@ -50,7 +50,7 @@ def build_app(settings: Settings) -> gr.Blocks:
 
         def on_clone_click(job_id: str | None) -> dict:
             """The Train form filled with the job's spec, shown; the user edits and starts."""
-            spec = job_actions.clone_job(settings, job_id)["spec"] if job_id else {}
+            spec = service.clone_job(settings, job_id)["spec"] if job_id else {}
             return {tabs: gr.Tabs(selected="train"), **fill_form(settings, form, spec)}
 
         jobs.clone_button.click(

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+import service
 from finetune.evaluate import METRICS
 from storage.settings import Settings
 from storage.store import Store
-from webui import hub_actions
 from webui.data_tab import dataset_choices
 from webui.playground_tab import adapter_choices
 
@@ -40,7 +40,7 @@ class CompareTab:
 
 def tradeoff_rows(settings: Settings, adapter_ids: list[str] | None) -> list[list]:
     rows = []
-    for r in hub_actions.tradeoffs(settings, adapter_ids or []):
+    for r in service.tradeoffs(settings, adapter_ids or []):
         rows.append(
             [
                 f"{r['name']} · {r['adapter_id']}",
@@ -81,7 +81,7 @@ def on_evaluate_click(
     try:
         if not dataset_id:
             raise ValueError("Pick a dataset to evaluate on.")
-        started = hub_actions.start_evaluation(
+        started = service.start_evaluation(
             settings,
             ids,
             dataset_id,
@@ -120,7 +120,7 @@ def on_results_show(settings: Settings, job_id: str | None, only_differing: bool
     if not job_id:
         return empty
     try:
-        results = hub_actions.evaluation_results(settings, job_id)
+        results = service.evaluation_results(settings, job_id)
     except (ValueError, LookupError) as exc:
         return (*empty[:3], f"**{exc}**")
     names = {a.id: a.name for a in Store(settings.data_dir).list_adapters()}

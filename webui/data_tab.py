@@ -10,11 +10,11 @@ from typing import Any
 
 import gradio as gr
 
+import service
 from finetune.data import SCHEMAS, BadRows, problems_json
 from finetune.samples import SAMPLES
 from finetune.sources import ARCHIVES, SUFFIXES
 from storage.settings import Settings
-from webui import data_actions
 from webui.forms import base_model_dropdown
 
 SLOTS = max(len(s.fields) + len(s.optional) for s in SCHEMAS.values())  # mapping dropdowns
@@ -51,14 +51,12 @@ def datasets_rows(settings: Settings) -> list[list]:
             d["dropped_rows"],
             time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created_at"])),
         ]
-        for d in data_actions.list_datasets(settings)
+        for d in service.list_datasets(settings)
     ]
 
 
 def dataset_choices(settings: Settings) -> list[tuple[str, str]]:
-    return [
-        (f"{d['name']} ({d['rows']:,} rows)", d["id"]) for d in data_actions.list_datasets(settings)
-    ]
+    return [(f"{d['name']} ({d['rows']:,} rows)", d["id"]) for d in service.list_datasets(settings)]
 
 
 def _fields(schema_id: str) -> list[str]:
@@ -201,7 +199,7 @@ def show_dataset(settings: Settings, dataset_id: str | None, base_model: str, ma
     if not dataset_id:
         return "", bad_rows_table([]), "", ""
     try:
-        preview = data_actions.preview_dataset(settings, dataset_id, base_model or "", max_length)
+        preview = service.preview_dataset(settings, dataset_id, base_model or "", max_length)
     except (ValueError, LookupError) as exc:
         return f"**Cannot preview.** {exc}", bad_rows_table([]), "", ""
     examples = examples_html(preview.get("examples", []))
@@ -237,9 +235,9 @@ def on_upload(
 ) -> tuple:
     """-> message, bad-rows table, examples, histogram, dataset dropdown, datasets table."""
     try:
-        info = data_actions.upload_dataset(settings, paths, name, options, eval_paths)
+        info = service.upload_dataset(settings, paths, name, options, eval_paths)
     except BadRows as exc:
-        problems = problems_json(exc.problems[: data_actions.BAD_ROWS_KEPT])
+        problems = problems_json(exc.problems[: service.datasets.BAD_ROWS_KEPT])
         return _not_stored(
             f"**Not stored.** {len(exc.problems):,} of {exc.total:,} rows cannot be used; they "
             "are listed below. Fix the file, or choose **Drop bad rows** and add it again.",
@@ -252,7 +250,7 @@ def on_upload(
 
 def on_sample(settings: Settings, key: str, model_name: str, length: int) -> tuple:
     try:
-        info = data_actions.add_sample(settings, key)
+        info = service.add_sample(settings, key)
     except (ValueError, LookupError) as exc:
         return _not_stored(f"**Not stored.** {exc}")
     return _stored(settings, info, model_name, length)
@@ -266,7 +264,7 @@ def on_source_change(settings: Settings, paths: Any, options: dict) -> tuple:
     if not paths and not options.get("hub_id"):
         return "", gr.update(value=""), [], *mapping_updates("", [], {})
     try:
-        found = data_actions.inspect_columns(settings, paths, options)
+        found = service.inspect_columns(settings, paths, options)
     except (ValueError, LookupError) as exc:
         return f"**Cannot read it.** {exc}", gr.update(), [], *mapping_updates("", [], {})
     note = (
@@ -288,7 +286,7 @@ def on_delete_click(settings: Settings, dataset_id: str | None) -> tuple:
     if not dataset_id:
         return "Choose a dataset to delete.", *(gr.update(),) * 5
     try:
-        data_actions.delete_dataset(settings, dataset_id)
+        service.delete_dataset(settings, dataset_id)
     except (ValueError, LookupError) as exc:
         return f"**Not deleted.** {exc}", *(gr.update(),) * 5
     return (
@@ -375,7 +373,7 @@ def build_data_tab(settings: Settings) -> DataTab:
                     settings.models_dir, "Its chat template and tokenizer are used for the preview"
                 )
                 max_length = gr.Number(
-                    value=data_actions.DEFAULT_MAX_LENGTH,
+                    value=service.DEFAULT_MAX_LENGTH,
                     precision=0,
                     label="Max length to check and preview (tokens)",
                 )
@@ -451,7 +449,7 @@ def build_data_tab(settings: Settings) -> DataTab:
             "labels": [x.strip() for x in (data[labels] or "").split(",") if x.strip()],
             "text_mode": data[text_mode],
             "base_model": (data[model] or "") if data[check_length] else "",
-            "max_length": int(data[max_length] or data_actions.DEFAULT_MAX_LENGTH),
+            "max_length": int(data[max_length] or service.DEFAULT_MAX_LENGTH),
             "hub_id": (data[hub_id] or "").strip(),
             "hub_split": data[hub_split] or "train",
             "hub_subset": data[hub_subset] or "",

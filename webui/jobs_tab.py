@@ -10,11 +10,10 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+import service
 from finetune.train import final_metrics
-from jobs.sweep import trial_rows
 from storage.settings import Settings
 from storage.store import Job, JobState, Metric, Sample
-from webui import job_actions
 
 REFRESH_S = 2.0
 LOG_LINES = 40
@@ -68,7 +67,7 @@ class JobsTab:
 
 
 def jobs_rows(jobs: list[dict]) -> list[list]:
-    """One row per job (as job_actions.list_jobs gives them), for the table."""
+    """One row per job (as service.list_jobs gives them), for the table."""
     return [
         [
             j["position"] or "",
@@ -200,9 +199,10 @@ def _frame(rows: list[dict], series: list[str]) -> pd.DataFrame:
     return frame.astype({"step": "int64", "value": "float64", "series": "string"})
 
 
-def sweep_curves(store, job: Job, children: list[Job], plot: str) -> pd.DataFrame | None:
+def sweep_curves(view: service.JobView, plot: str) -> pd.DataFrame | None:
     """A search's trials side by side: each trial's eval loss (or learning rate, tokens/s,
     memory) over its steps, one series per trial and one for the final run."""
+    job, children = view.job, view.children
     field = "eval_loss" if plot == "loss" else CURVES[plot][0][0]
     names = [_child_label(c) for c in children]
     if job.spec.get("search", {}).get("mode") == "auto" and not any(
@@ -212,7 +212,7 @@ def sweep_curves(store, job: Job, children: list[Job], plot: str) -> pd.DataFram
     rows = [
         {"step": m.step, "value": getattr(m, field), "series": name}
         for child, name in zip(children, names, strict=False)
-        for m in store.list_metrics(child.id)
+        for m in view.child_metrics[child.id]
         if getattr(m, field) is not None
     ]
     return _frame(rows, names) if rows else None
@@ -279,10 +279,7 @@ def samples_html(samples: list[Sample]) -> str:
 
 def on_jobs_tick(settings: Settings, selected: str | None, state_filter: str | None):
     """Everything the tab shows, read from storage: the table, and the selected job's view."""
-    store = job_actions.settled_store(settings)
-    jobs = job_actions.list_jobs(
-        settings, None if state_filter in (None, ALL_STATES) else state_filter
-    )
+    jobs = service.list_jobs(settings, None if state_filter in (None, ALL_STATES) else state_filter)
     ids = [j["job_id"] for j in jobs]
     if selected not in ids:
         selected = ids[0] if ids else None
@@ -301,21 +298,20 @@ def on_jobs_tick(settings: Settings, selected: str | None, state_filter: str | N
             *button_states(None, False),
         )
     info = next(j for j in jobs if j["job_id"] == selected)
-    job = store.get_job(selected)
-    metrics = store.list_metrics(job.id)
+    view = service.job_view(settings, selected)
+    job, metrics = view.job, view.metrics
     error = ""
     if job.error:
         error = f"**{job.error}**"
         if job.error_detail:
             error += f"\n\n```\n{job.error_detail[-3000:]}\n```"
-    log = "\n".join(job_actions.job_log(settings, job.id, LOG_LINES)["lines"])
+    log = "\n".join(service.job_log(settings, job.id, LOG_LINES)["lines"])
     if job.kind == "sweep":
-        children = store.children(job.id)
-        drawn = [sweep_curves(store, job, children, plot) for plot in CURVES]
-        below = sweep_html(job, trial_rows(store, job, children))
+        drawn = [sweep_curves(view, plot) for plot in CURVES]
+        below = sweep_html(job, view.trials)
     else:
         drawn = [curves(job, metrics, plot) for plot in CURVES]
-        below = samples_html(store.list_samples(job.id))
+        below = samples_html(view.samples)
     return (
         jobs_rows(jobs),
         gr.update(choices=choices, value=selected),
@@ -333,7 +329,7 @@ def button_states(job: Job | None, resumable: bool) -> list:
     """Up, down, top, cancel, resume, retry, clone, delete: what the job's state allows."""
     state = job.state if job else None
     queued = state == JobState.QUEUED
-    stopped = state in job_actions.RESUMABLE
+    stopped = state in service.jobs.RESUMABLE
     return [
         gr.update(interactive=queued),
         gr.update(interactive=queued),
@@ -352,21 +348,21 @@ def on_action_click(settings: Settings, action: str, job_id: str | None) -> str:
         return "Select a job first."
     try:
         if action in ("up", "down", "top"):
-            info = job_actions.move_job(settings, job_id, action)
+            info = service.move_job(settings, job_id, action)
             return f"Job `{job_id}` is number {info['position']} in the queue."
         if action == "cancel":
-            result = job_actions.cancel_job(settings, job_id)
+            result = service.cancel_job(settings, job_id)
             if result["status"] == JobState.CANCELLED:
                 return f"Job `{job_id}` was cancelled before it started."
             return f"Job `{job_id}` will stop after its current step and keep a checkpoint."
         if action == "resume":
-            info = job_actions.resume_job(settings, job_id)
+            info = service.resume_job(settings, job_id)
             return f"Job `{job_id}` is queued again; it resumes from {info['checkpoint']}."
         if action == "retry":
-            started = job_actions.retry_job(settings, job_id)
+            started = service.retry_job(settings, job_id)
             return f"Retrying as job `{started['job_id']}`, from the start."
         if action == "delete":
-            job_actions.delete_job(settings, job_id)
+            service.delete_job(settings, job_id)
             return f"Job `{job_id}` was deleted with its files. An adapter it wrote stays."
     except (ValueError, LookupError) as exc:
         return f"**Cannot {action}.** {exc}"

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+import service
+from service.playground import MAX_ADAPTERS
 from storage.settings import Settings
-from webui import actions, playground_actions
 from webui.forms import base_model_dropdown
-from webui.playground_actions import MAX_ADAPTERS
 
 COLUMNS = 1 + MAX_ADAPTERS  # the base, then the adapters
 BASE = "Base model"
@@ -23,7 +23,7 @@ class PlaygroundTab:
 
 
 def adapter_choices(settings: Settings) -> list[tuple[str, str]]:
-    return [(f"{a['name']} · {a['id']}", a["id"]) for a in actions.list_adapters(settings)]
+    return [(f"{a['name']} · {a['id']}", a["id"]) for a in service.list_adapters(settings)]
 
 
 def on_playground_select(settings: Settings, current: list[str] | None):
@@ -62,7 +62,7 @@ def on_send_click(
     histories: dict,
 ) -> Iterator[tuple]:
     """Streams each column's answer in turn; yields (status, histories, *chatbots)."""
-    names = {a["id"]: a["name"] for a in actions.list_adapters(settings)}
+    names = {a["id"]: a["name"] for a in service.list_adapters(settings)}
     ids = column_ids(adapter_ids, include_base)
     key = "|".join(str(i) for i in ids)
     if not chat_mode or (histories or {}).get("key") != key:
@@ -70,7 +70,7 @@ def on_send_click(
     try:
         if not ids:
             raise ValueError("Pick adapters to compare, or keep the base model.")
-        gen = playground_actions.generation_params(
+        gen = service.generation_params(
             {
                 "max_new_tokens": int(max_new_tokens or 64),
                 "temperature": float(temperature or 0),
@@ -80,7 +80,7 @@ def on_send_click(
                 "stop": stop_list(stop),
             }
         )
-        model, entries = playground_actions.entries(settings, ids, base_model)
+        model, entries = service.entries(settings, ids, base_model)
     except (ValueError, LookupError) as exc:
         yield (f"**Not sent.** {exc}", histories, *_chatbots(ids, names, histories, {}))
         return
@@ -88,9 +88,7 @@ def on_send_click(
     for column, entry in enumerate(entries):
         turns = histories["turns"][column]
         try:
-            for answer in playground_actions.stream_answer(
-                settings, model, entry, prompt, turns, gen
-            ):
+            for answer in service.stream_answer(settings, model, entry, prompt, turns, gen):
                 answers[column] = answer
                 yield ("Generating…", histories, *_chatbots(ids, names, histories, answers, prompt))
         except (ValueError, LookupError) as exc:
@@ -146,19 +144,19 @@ def on_adapters_change(settings: Settings, adapter_ids: list[str] | None) -> str
     """The system message the first adapter was trained with: answers depend on it."""
     for adapter_id in adapter_ids or []:
         try:
-            return playground_actions.training_system_prompt(settings, adapter_id)
+            return service.training_system_prompt(settings, adapter_id)
         except (ValueError, LookupError):
             return ""
     return ""
 
 
 def on_unload_click() -> str:
-    result = playground_actions.unload()
+    result = service.unload()
     return f"Unloaded {result['unloaded']} base model(s); their memory is free again."
 
 
 def loaded_text() -> str:
-    held = playground_actions.PLAYGROUND.loaded()
+    held = service.playground.PLAYGROUND.loaded()
     if not held:
         return "No model is loaded; the first answer loads one."
     parts = []

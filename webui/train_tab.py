@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+import service
 from finetune.counts import linear_module_names
 from finetune.fields import SpecError
 from finetune.methods import ATTENTION_MODULES, METHODS, get_method
@@ -17,7 +18,6 @@ from finetune.spec import TRAINING_FIELDS, parse_spec
 from finetune.tasks import TASKS, model_task
 from storage.settings import Settings
 from storage.store import Store
-from webui import actions
 from webui.data_tab import dataset_choices
 from webui.forms import base_model_dropdown, field_component, read_values
 
@@ -160,7 +160,7 @@ def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
     try:
         spec = read_form(form, data)
         spec["dataset_id"] = spec["dataset_id"] or "(none yet)"  # counts need no dataset
-        est = actions.estimate(settings, spec)
+        est = service.estimate(settings, spec)
     except (ValueError, LookupError) as exc:
         return f"**Cannot count:** {exc}"
     return (
@@ -252,7 +252,7 @@ def dataset_note(settings: Settings, spec: dict) -> str:
 
 def on_start_click(settings: Settings, form: TrainForm, data: dict) -> str:
     try:
-        result = actions.start_job(settings, read_form(form, data))
+        result = service.start_job(settings, read_form(form, data))
     except (ValueError, LookupError) as exc:
         return f"**Not started.** {exc}"
     if "trials" in result:

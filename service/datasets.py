@@ -1,6 +1,6 @@
-"""Dataset actions (upload, samples, preview, list, delete), shared by the Data tab and the API.
+"""Dataset actions (upload, samples, preview, list, delete), as the Data tab and the API call them.
 
-Like actions.py: plain values in, plain data out, ValueError / LookupError with a message meant
+Plain values in, plain data out, ValueError / LookupError with a message meant
 for the user. An upload is read, checked and normalized completely before anything is written;
 then its folder and its row appear together, or not at all.
 """

@@ -1,18 +1,10 @@
-"""What the app can do, as plain functions shared by the tabs and the named API endpoints.
-
-Each takes the Settings and plain values, returns plain data, and raises ValueError / LookupError
-with a message meant for the user (the API turns those into gradio errors).
-"""
+"""Training: check a job spec (counts, memory, the data's fit), queue it, or queue a search."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
-import zipfile
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 from finetune.counts import count_parameters, fitted_params
@@ -26,7 +18,6 @@ from jobs.queue import submit_job
 from jobs.sweep import start_sweep
 from storage.settings import Settings
 from storage.store import Store
-from webui.adapter_actions import adapter_info
 
 
 def estimate(settings: Settings, spec: Any) -> dict[str, Any]:
@@ -92,7 +83,7 @@ def list_methods() -> list[dict[str, Any]]:
 
 def _longest_row(settings: Settings, dataset_id: str, model: str) -> int | None:
     """None when the dataset is not known yet (the form before a dataset is chosen)."""
-    from webui.data_actions import longest_row
+    from service.datasets import longest_row
 
     try:
         dataset = Store(settings.data_dir).get_dataset(dataset_id)
@@ -193,35 +184,3 @@ def continued(settings: Settings, spec: JobSpec) -> JobSpec:
         method_params=recipe.method_params,
         training=training,
     )
-
-
-def list_adapters(settings: Settings) -> list[dict[str, Any]]:
-    return [adapter_info(a) for a in Store(settings.data_dir).list_adapters()]
-
-
-def download_adapter(settings: Settings, adapter_id: str) -> Path:
-    """The adapter folder as a .zip (adapter files, model card, recipe), built once."""
-    store = Store(settings.data_dir)
-    adapter = store.get_adapter(adapter_id)
-    target = store.data_dir / "downloads" / f"{adapter.id}.zip"
-    return zip_once(store.adapter_dir(adapter.id), target, adapter.id)
-
-
-def zip_once(folder: Path, target: Path, root: str) -> Path:
-    """folder as target (a .zip whose entries sit under root/), unless it was built before."""
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # A unique partial file: two downloads at once must not write into the same one.
-        fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
-        os.close(fd)
-        try:
-            # Weights barely compress: store them as they are (a merged model is large).
-            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file():
-                        method = zipfile.ZIP_STORED if path.suffix == ".safetensors" else None
-                        zf.write(path, f"{root}/{path.relative_to(folder)}", method)
-            os.replace(partial, target)
-        finally:
-            Path(partial).unlink(missing_ok=True)
-    return target

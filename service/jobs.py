@@ -1,20 +1,19 @@
-"""What can be done with jobs: list, status, reorder, cancel, resume, retry, clone, delete, log.
-
-Plain functions shared by the Jobs tab and the named API endpoints; a user's mistake raises
-ValueError / LookupError with the message to show.
+"""What can be done with jobs: list, status, view, reorder, cancel, resume, retry, clone, delete,
+log. A user's mistake raises ValueError / LookupError with the message to show.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jobs.queue import submit_job, wake
 from jobs.runner import LOG_NAME
-from jobs.sweep import advance, cancel_sweep
+from jobs.sweep import advance, cancel_sweep, trial_rows
 from storage.settings import Settings
-from storage.store import Job, JobState, Store
+from storage.store import Job, JobState, Metric, Sample, Store
 
 MAX_LOG_LINES = 2000
 LOG_TAIL_BYTES = 1 << 20
@@ -25,6 +24,34 @@ def settled_store(settings: Settings) -> Store:
     store = Store(settings.data_dir)
     store.interrupt_stale_jobs(settings.heartbeat_timeout_s)
     return store
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the Jobs tab shows of one job: its record and curves; for a search, its trials'."""
+
+    job: Job
+    metrics: list[Metric]
+    samples: list[Sample] = field(default_factory=list)
+    children: list[Job] = field(default_factory=list)
+    child_metrics: dict[str, list[Metric]] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def job_view(settings: Settings, job_id: str) -> JobView:
+    store = Store(settings.data_dir)
+    job = store.get_job(job_id)
+    metrics = store.list_metrics(job.id)
+    if job.kind != "sweep":
+        return JobView(job, metrics, samples=store.list_samples(job.id))
+    children = store.children(job.id)
+    return JobView(
+        job,
+        metrics,
+        children=children,
+        child_metrics={c.id: store.list_metrics(c.id) for c in children},
+        trials=trial_rows(store, job, children),
+    )
 
 
 def job_info(
@@ -171,7 +198,7 @@ def resume_job(settings: Settings, job_id: str) -> dict[str, Any]:
 
 def retry_job(settings: Settings, job_id: str) -> dict[str, Any]:
     """A failed, cancelled or interrupted job again from the start, as a new job."""
-    from webui.actions import start_job
+    from service.training import start_job
 
     job = Store(settings.data_dir).get_job(job_id)
     if job.state not in RESUMABLE:

@@ -1,24 +1,21 @@
-"""Evaluate and merge adapters as queued jobs, read what they found, and set adapters side by side
-on the PEFT trade-offs (size, memory, speed, quality)."""
+"""Evaluate the base and adapters as a queued job, read what it found, and set adapters side by
+side on the PEFT trade-offs (size, memory, speed, quality)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from finetune.data import group_columns, read_rows
 from finetune.evaluate import check_metric, default_metric
 from finetune.fields import SpecError
-from finetune.merge import check_merge
 from finetune.models import load_config
 from finetune.spec import TRAINING_FIELDS
 from finetune.tasks import model_task
-from jobs.hub_runs import MERGED, eval_rows
+from jobs.eval_merge import eval_rows
 from jobs.queue import submit_job
+from service.playground import entries
 from storage.settings import Settings
-from storage.store import JobState, Store
-from webui.actions import zip_once
-from webui.playground_actions import entries
+from storage.store import Store
 
 MAX_EVAL_ROWS = 2000
 _TRAINING_DEFAULTS = {f.name: f.default for f in TRAINING_FIELDS}
@@ -168,18 +165,6 @@ def _whole(value: Any, name: str, low: int, high: int) -> int:
     return int(value)
 
 
-def start_merge(settings: Settings, adapter_id: str, dtype: str = "float32") -> dict[str, Any]:
-    """Queue a job that merges the adapter into its base and checks the result -> {job_id}."""
-    store = Store(settings.data_dir)
-    adapter = store.get_adapter(adapter_id)
-    dtype = dtype or "float32"
-    check_merge(adapter.method, dtype)
-    spec = {"adapter_id": adapter.id, "base_model": adapter.base_model, "dtype": dtype}
-    name = f"merge {adapter.name} ({dtype})"[:200]
-    job = submit_job(settings, name, spec, None, kind="merge")
-    return {"job_id": job.id, "status": job.state.value}
-
-
 def evaluation_results(settings: Settings, job_id: str) -> dict[str, Any]:
     """An evaluation job's state, and once it has them its summary and per-example answers."""
     job = Store(settings.data_dir).get_job(job_id)
@@ -197,31 +182,6 @@ def evaluation_results(settings: Settings, job_id: str) -> dict[str, Any]:
         "examples": result.get("examples", []),
         "error": job.error,
     }
-
-
-def download_merged(settings: Settings, job_id: str) -> Path:
-    """The merged model of a finished merge job, as a .zip."""
-    store = Store(settings.data_dir)
-    job = store.get_job(job_id)
-    if job.kind != "merge":
-        raise ValueError(f"Job {job_id} is a {job.kind} job, not a merge.")
-    folder = store.job_dir(job.id) / MERGED
-    if job.state != JobState.SUCCEEDED or not folder.is_dir():
-        raise ValueError(f"Job {job_id} is {job.state.value}: no merged model to download yet.")
-    return zip_once(folder, store.data_dir / "downloads" / f"merged-{job.id}.zip", "merged")
-
-
-def merged_models(settings: Settings) -> list[dict[str, Any]]:
-    """Finished merges, newest first: {job_id, adapter_id, dtype, max_logit_diff, bytes}."""
-    store = Store(settings.data_dir)
-    return [
-        {"job_id": j.id, "name": j.name, **{k: (j.result or {}).get(k) for k in _MERGE_KEYS}}
-        for j in store.list_jobs()
-        if j.kind == "merge" and j.state == JobState.SUCCEEDED
-    ]
-
-
-_MERGE_KEYS = ("adapter_id", "dtype", "max_logit_diff", "max_logit", "bytes")
 
 
 def tradeoffs(settings: Settings, adapter_ids: list[str]) -> list[dict[str, Any]]:

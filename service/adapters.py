@@ -1,14 +1,17 @@
-"""What can be done with adapters besides training them: combine several, import one from a .zip.
+"""Adapters besides training them: list, combine several, import one from a .zip, push, download.
 
-Plain functions shared by the Adapters tab and the named API endpoints; a user's mistake raises
-ValueError / LookupError with the message to show, and leaves nothing behind.
+A user's mistake raises ValueError / LookupError with the message to show, and leaves nothing
+behind.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +196,35 @@ def _model_card(folder: Path, name: str, base_model: str, body: str) -> None:
         "`PeftModel.from_pretrained(base, folder)`.\n",
         encoding="utf-8",
     )
+
+
+def list_adapters(settings: Settings) -> list[dict[str, Any]]:
+    return [adapter_info(a) for a in Store(settings.data_dir).list_adapters()]
+
+
+def download_adapter(settings: Settings, adapter_id: str) -> Path:
+    """The adapter folder as a .zip (adapter files, model card, recipe), built once."""
+    store = Store(settings.data_dir)
+    adapter = store.get_adapter(adapter_id)
+    target = store.data_dir / "downloads" / f"{adapter.id}.zip"
+    return zip_once(store.adapter_dir(adapter.id), target, adapter.id)
+
+
+def zip_once(folder: Path, target: Path, root: str) -> Path:
+    """folder as target (a .zip whose entries sit under root/), unless it was built before."""
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A unique partial file: two downloads at once must not write into the same one.
+        fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        os.close(fd)
+        try:
+            # Weights barely compress: store them as they are (a merged model is large).
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file():
+                        method = zipfile.ZIP_STORED if path.suffix == ".safetensors" else None
+                        zf.write(path, f"{root}/{path.relative_to(folder)}", method)
+            os.replace(partial, target)
+        finally:
+            Path(partial).unlink(missing_ok=True)
+    return target

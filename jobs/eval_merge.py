@@ -11,6 +11,7 @@ from finetune.generate import GenerationParams, ModelCache
 from finetune.merge import merge_into_base
 from finetune.models import resolve_model
 from finetune.train import split_rows
+from jobs.failures import plain_reason
 from storage.settings import Settings
 from storage.store import JobState, Store
 
@@ -45,8 +46,6 @@ def run_hub_job(settings: Settings, job_id: str, reporter) -> JobState:
             return _merge(settings, store, job)
         raise ValueError(f"unknown job kind {job.kind!r}")
     except Exception as exc:
-        from jobs.child import plain_reason
-
         traceback.print_exc()
         reason = plain_reason(exc, job.kind)
         store.finish_job(job_id, JobState.FAILED, reason, traceback.format_exc()[-4000:])
