@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from finetune.schedule import Budget, Plan, fit_steps, fitted_scheduler, schedule_factor
+from finetune.schedule import OVERRUN, Budget, Plan, fit_steps, fitted_scheduler, schedule_factor
 from finetune.spec import SCHEDULES
 
 DECAYING = ("linear", "cosine", "warmup_stable_decay", "polynomial")
@@ -107,6 +107,21 @@ def test_epochs_cap_the_budget():
     budget = Budget(60.0, Plan("linear", 0.05, 30), cap=30, clock=clock)
     steps, _ = run_steps(budget, clock, step_s=0.5, eval_every=25, eval_s=2.0)
     assert steps == 30 and clock.now < 30
+
+
+def test_a_run_slower_over_its_last_steps_finishes_its_schedule_a_little_late():
+    clock = Clock()
+    budget = Budget(60.0, Plan("linear", 0.0, 10), cap=10_000, clock=clock)
+    budget.begin()
+    for step in range(1, 1000):
+        used = budget.plan.factor(step - 1)  # the rate this step trains at
+        budget.step_begin()
+        clock.now += 0.8 if step >= 112 else 0.5  # the machine got busier near the end
+        if budget.step_end(step) or step >= budget.plan.total:
+            break
+    assert not budget.ended_by_time and step == budget.plan.total
+    assert used < 0.02, "the last step trains at the schedule's last rate"
+    assert 60.0 < clock.now <= 60.0 * (1 + OVERRUN)
 
 
 def test_a_run_that_slows_down_is_stopped_by_the_guard_in_time():
