@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from finetune.fields import SpecError
+from finetune.methods import METHODS, method_of_type
 from finetune.train import LABELS_FILE
 
 CONFIG = "adapter_config.json"
@@ -24,18 +25,6 @@ REWRITES_BASE = ("pissa", "olora", "corda", "loftq", "eva")
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MAX_ENTRIES = 10_000
 CHUNK = 1 << 20
-
-# PEFT's adapter types, as our methods (what gates merging and combining).
-METHOD_OF_TYPE = {
-    "LORA": "lora",
-    "ADALORA": "adalora",
-    "LOHA": "loha",
-    "LOKR": "lokr",
-    "IA3": "ia3",
-    "PROMPT_TUNING": "prompt_tuning",
-    "PREFIX_TUNING": "prefix_tuning",
-    "P_TUNING": "p_tuning",
-}
 
 
 @dataclass(frozen=True)
@@ -141,8 +130,9 @@ def check_adapter(folder: Path, base_path: str, trust_remote_code: bool = False)
     if not isinstance(raw, dict) or "peft_type" not in raw:
         raise SpecError(f"{CONFIG} has no peft_type: it is not a PEFT adapter config.")
     peft_type = str(raw["peft_type"])
-    if peft_type not in METHOD_OF_TYPE:
-        known = ", ".join(METHOD_OF_TYPE)
+    method = method_of_type(peft_type)
+    if method is None:
+        known = ", ".join(dict.fromkeys(m.peft_type for m in METHODS.values() if m.peft_type))
         raise SpecError(f"{peft_type} adapters are not supported here (supported: {known}).")
     try:
         config = PeftConfig.from_pretrained(str(folder))
@@ -197,7 +187,7 @@ def check_adapter(folder: Path, base_path: str, trust_remote_code: bool = False)
                 "the adapter was made for another model."
             )
     trainable = sum(math.prod(s) for s in found.values())
-    return Checked(METHOD_OF_TYPE[peft_type], peft_type, trainable, total, warnings)
+    return Checked(method.id, peft_type, trainable, total, warnings)
 
 
 def _labels(folder: Path) -> list[str] | None:

@@ -9,41 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.fields import SpecError
+from finetune.methods import COMBINATIONS, method_of_type
 
-# PEFT's combination types for LoRA, in the words the UI shows. "cat" and "svd" are exact (cat
-# grows the rank to the sum, svd cuts it back); the rest work on the A and B matrices directly,
-# which PEFT itself calls a rough approximation for "linear".
-COMBINATIONS: dict[str, str] = {
-    "linear": "weighted sum of A and B (same rank; fast, approximate)",
-    "cat": "concatenated ranks (exact weighted sum; rank = sum of ranks)",
-    "svd": "exact weighted sum, cut back to a rank by SVD",
-    "ties": "TIES: trim small changes, elect a sign, merge (same rank)",
-    "ties_svd": "TIES on the full deltas, then SVD",
-    "dare_linear": "DARE: drop changes at random, rescale, sum (same rank)",
-    "dare_ties": "DARE, then TIES sign election (same rank)",
-    "dare_linear_svd": "DARE on the full deltas, then SVD",
-    "dare_ties_svd": "DARE + TIES on the full deltas, then SVD",
-    "magnitude_prune": "keep the largest changes, sum (same rank)",
-    "magnitude_prune_svd": "magnitude pruning on the full deltas, then SVD",
-}
 SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 WITH_DENSITY = tuple(c for c in COMBINATIONS if c.startswith(("ties", "dare", "magnitude")))
 MAX_ADAPTERS = 8
 _COMBINED = "combined"
-
-# Why PEFT cannot combine the other adapter types.
-_WHY_NOT = {
-    "ADALORA": "AdaLoRA adapters cannot be combined (PEFT has no weighted combination for them: "
-    "each layer kept its own rank)",
-    "PROMPT_TUNING": "soft prompts (prompt, prefix, p-tuning) add virtual tokens, not weight "
-    "changes, so there is nothing to add up",
-    "PREFIX_TUNING": "soft prompts (prompt, prefix, p-tuning) add virtual tokens, not weight "
-    "changes, so there is nothing to add up",
-    "P_TUNING": "soft prompts (prompt, prefix, p-tuning) add virtual tokens, not weight "
-    "changes, so there is nothing to add up",
-    "LOHA": "PEFT combines LoRA and IA3 adapters only, not LoHa",
-    "LOKR": "PEFT combines LoRA and IA3 adapters only, not LoKr",
-}
 
 
 @dataclass(frozen=True)
@@ -86,10 +57,13 @@ def check_combination(
     configs = [adapter_config(s.folder) for s in sources]
     types = {c["peft_type"] for c in configs}
     for s, c in zip(sources, configs, strict=True):
-        if c["peft_type"] in _WHY_NOT:
-            raise SpecError(f"{s.label}: {_WHY_NOT[c['peft_type']]}.")
-        if c["peft_type"] not in ("LORA", "IA3"):
+        method = method_of_type(c["peft_type"])
+        if method is None:
             raise SpecError(f"{s.label}: PEFT cannot combine {c['peft_type']} adapters.")
+        if not method.can_combine:
+            raise SpecError(
+                f"{s.label}: {method.label} adapters cannot be combined: {method.why_not_combined}."
+            )
         if c.get("use_dora"):
             raise SpecError(
                 f"{s.label}: DoRA adapters cannot be combined (their magnitude vectors have no "
@@ -98,8 +72,12 @@ def check_combination(
     if len(types) > 1:
         raise SpecError(f"The adapters are of different types ({', '.join(sorted(types))}).")
     peft_type = types.pop()
-    if peft_type == "IA3" and combination != "linear":
-        raise SpecError("IA3 adapters combine by 'linear' only (a weighted sum of their scales).")
+    method = method_of_type(peft_type)
+    if combination not in method.combines:
+        raise SpecError(
+            f"{method.label} adapters combine by {' or '.join(map(repr, method.combines))} only, "
+            f"not {combination!r}."
+        )
     ranks = {s.label: _max_rank(c) for s, c in zip(sources, configs, strict=True)}
     if peft_type == "LORA" and combination in SAME_RANK and len(set(ranks.values())) > 1:
         listed = ", ".join(f"{k}: r={v}" for k, v in ranks.items())

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune.methods import method_of_type
 from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, model_task
 
 
@@ -62,10 +63,6 @@ def _activate(loaded: _Loaded, name: str) -> None:
     loaded.active = name
 
 
-# PEFT can switch between adapters of one of these types on one base; others (soft prompts,
-# a second type, full or selective weights) get a model of their own. AdaLoRA too: PEFT 0.21
-# cannot load a pruned AdaLoRA adapter under a name other than "default".
-SHAREABLE = {"LORA", "LOHA", "LOKR", "IA3"}
 OWN_MODELS = 2  # models of their own kept per base: enough to compare two side by side
 
 
@@ -163,7 +160,11 @@ class ModelCache:
         if name in loaded.adapters:
             return
         peft_type = _peft_type(folder)
-        own = peft_type not in SHAREABLE or loaded.peft_type not in (None, peft_type)
+        # PEFT switches adapters of one type on one base (the registry's shares_base); others
+        # (soft prompts, a second type, full or selective weights) get a model of their own.
+        method = method_of_type(peft_type)
+        shared = method is not None and method.shares_base
+        own = not shared or loaded.peft_type not in (None, peft_type)
         if own or loaded.task != CAUSAL_LM:  # a classifier's head is sized by its labels
             while len(loaded.own) >= OWN_MODELS:  # each is a whole copy of the base
                 loaded.own.popitem(last=False)

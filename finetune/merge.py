@@ -9,10 +9,6 @@ from finetune.fields import SpecError
 from finetune.generate import load_trained
 from finetune.methods import get_method
 
-_WHY_NOT = {
-    "additive": "their virtual tokens are extra inputs, not changes to weights",
-    "full": "the run already wrote a whole model",
-}
 DTYPES = ("float32", "bfloat16", "float16")
 CHECK_PROMPTS = ("What is 12 + 30?", "Say hello.", "Name a colour.")
 MAX_SHARD = "2GB"
@@ -21,8 +17,9 @@ MAX_SHARD = "2GB"
 def check_merge(method_id: str, dtype: str) -> None:
     method = get_method(method_id)
     if not method.can_merge:
-        why = _WHY_NOT.get(method.family, "the registry marks it so")
-        raise SpecError(f"{method.label} adapters cannot be merged into the base: {why}.")
+        raise SpecError(
+            f"{method.label} adapters cannot be merged into the base: {method.why_not_merged}."
+        )
     if dtype not in DTYPES:
         raise SpecError(f"dtype: must be one of {', '.join(DTYPES)}; got {dtype!r}")
 

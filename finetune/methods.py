@@ -61,12 +61,20 @@ class Method:
     check: Callable[[dict[str, Any]], None] | None = None  # rules across fields
     writes: str = "adapter"  # "adapter" (PEFT's folder), "tensors" (by name) or "model"
     rank_budget: bool = False  # AdaLoRA: ranks move during training (callback + penalty)
+    peft_type: str | None = None  # PEFT's type of the adapter it writes (None: not an adapter)
     can_merge: bool = True
-    can_combine: bool = True
+    why_not_merged: str = ""  # what the refusal to merge says
+    combines: tuple[str, ...] = ()  # PEFT's add_weighted_adapter combinations it allows
+    why_not_combined: str = ""  # what the refusal to combine says
+    shares_base: bool = False  # the playground switches it on one loaded base among others
     tasks: tuple[str, ...] = field(default=ALL_TASKS)
     learning_rate: float = 2e-4  # the default peak rate: methods differ by orders of magnitude
     loraplus: bool = False  # has LoRA's A and B matrices (LoRA+ can set B's rate apart)
     prompt_learning: bool = False  # virtual tokens before the input (no packing)
+
+    @property
+    def can_combine(self) -> bool:
+        return bool(self.combines)
 
     def parse(self, params: Any) -> dict[str, Any]:
         values = parse_fields(self.fields, params, "method_params")
@@ -81,8 +89,14 @@ class Method:
             "label": self.label,
             "family": self.family,
             "description": self.description,
+            "peft_type": self.peft_type,
             "can_merge": self.can_merge,
             "can_combine": self.can_combine,
+            "combinations": list(self.combines),
+            "shares_base": self.shares_base,
+            # a PEFT adapter folder of its type imports (as the first method of that type)
+            "can_import": self.peft_type is not None,
+            "imports_as": self.peft_type and method_of_type(self.peft_type).id,
             "tasks": list(self.tasks),
             "learning_rate": self.learning_rate,
             "fields": [
@@ -310,6 +324,28 @@ def _full(model, params: dict[str, Any]) -> list[str]:
     return [n for n, _ in model.named_parameters()]
 
 
+# PEFT's combination types for LoRA, in the words the UI shows. "cat" and "svd" are exact (cat
+# grows the rank to the sum, svd cuts it back); the rest work on the A and B matrices directly,
+# which PEFT itself calls a rough approximation for "linear".
+COMBINATIONS: dict[str, str] = {
+    "linear": "weighted sum of A and B (same rank; fast, approximate)",
+    "cat": "concatenated ranks (exact weighted sum; rank = sum of ranks)",
+    "svd": "exact weighted sum, cut back to a rank by SVD",
+    "ties": "TIES: trim small changes, elect a sign, merge (same rank)",
+    "ties_svd": "TIES on the full deltas, then SVD",
+    "dare_linear": "DARE: drop changes at random, rescale, sum (same rank)",
+    "dare_ties": "DARE, then TIES sign election (same rank)",
+    "dare_linear_svd": "DARE on the full deltas, then SVD",
+    "dare_ties_svd": "DARE + TIES on the full deltas, then SVD",
+    "magnitude_prune": "keep the largest changes, sum (same rank)",
+    "magnitude_prune_svd": "magnitude pruning on the full deltas, then SVD",
+}
+_VIRTUAL_INPUTS = "their virtual tokens are extra inputs, not changes to weights"
+_SOFT_PROMPTS = (
+    "soft prompts (prompt, prefix, p-tuning) add virtual tokens, not weight changes, so there is "
+    "nothing to add up"
+)
+
 METHODS: dict[str, Method] = {
     m.id: m
     for m in (
@@ -323,6 +359,9 @@ METHODS: dict[str, Method] = {
             peft_config=_lora,
             learning_rate=LEARNING_RATES["lora"],
             loraplus=True,
+            peft_type="LORA",
+            combines=tuple(COMBINATIONS),
+            shares_base=True,
         ),
         Method(
             "qlora",
@@ -343,6 +382,9 @@ METHODS: dict[str, Method] = {
             quantization=_qlora_quantization,  # merged into a full-precision copy of the base
             learning_rate=LEARNING_RATES["qlora"],
             loraplus=True,
+            peft_type="LORA",
+            combines=tuple(COMBINATIONS),
+            shares_base=True,
         ),
         Method(
             "adalora",
@@ -379,8 +421,12 @@ METHODS: dict[str, Method] = {
             ),
             peft_config=_adalora,
             rank_budget=True,
-            can_combine=False,  # PEFT cannot add_weighted_adapter AdaLoRA adapters
             learning_rate=LEARNING_RATES["adalora"],
+            peft_type="ADALORA",  # not shared: PEFT 0.21 loads a pruned one as "default" only
+            why_not_combined=(
+                "PEFT has no weighted combination for AdaLoRA adapters: each layer kept its "
+                "own rank"
+            ),
         ),
         Method(
             "loha",
@@ -390,6 +436,9 @@ METHODS: dict[str, Method] = {
             _LYCORIS_FIELDS,
             peft_config=_direct("LoHaConfig"),
             learning_rate=LEARNING_RATES["loha"],
+            peft_type="LOHA",
+            why_not_combined="PEFT combines LoRA and IA3 adapters only, not LoHa",
+            shares_base=True,
         ),
         Method(
             "lokr",
@@ -399,6 +448,9 @@ METHODS: dict[str, Method] = {
             _LYCORIS_FIELDS,
             peft_config=_direct("LoKrConfig"),
             learning_rate=LEARNING_RATES["lokr"],
+            peft_type="LOKR",
+            why_not_combined="PEFT combines LoRA and IA3 adapters only, not LoKr",
+            shares_base=True,
         ),
         Method(
             "ia3",
@@ -418,6 +470,9 @@ METHODS: dict[str, Method] = {
             peft_config=_direct("IA3Config"),
             check=_feedforward_within_targets,
             learning_rate=LEARNING_RATES["ia3"],
+            peft_type="IA3",
+            combines=("linear",),
+            shares_base=True,
         ),
         Method(
             "prompt_tuning",
@@ -444,9 +499,11 @@ METHODS: dict[str, Method] = {
             ),
             peft_config=_prompt_tuning,
             can_merge=False,
-            can_combine=False,
             learning_rate=LEARNING_RATES["prompt_tuning"],
             prompt_learning=True,
+            peft_type="PROMPT_TUNING",
+            why_not_combined=_SOFT_PROMPTS,
+            why_not_merged=_VIRTUAL_INPUTS,
         ),
         Method(
             "prefix_tuning",
@@ -464,9 +521,11 @@ METHODS: dict[str, Method] = {
             ),
             peft_config=_direct("PrefixTuningConfig"),
             can_merge=False,
-            can_combine=False,
             learning_rate=LEARNING_RATES["prefix_tuning"],
             prompt_learning=True,
+            peft_type="PREFIX_TUNING",
+            why_not_combined=_SOFT_PROMPTS,
+            why_not_merged=_VIRTUAL_INPUTS,
         ),
         Method(
             "p_tuning",
@@ -489,9 +548,11 @@ METHODS: dict[str, Method] = {
             ),
             peft_config=_direct("PromptEncoderConfig"),
             can_merge=False,
-            can_combine=False,
             learning_rate=LEARNING_RATES["p_tuning"],
             prompt_learning=True,
+            peft_type="P_TUNING",
+            why_not_combined=_SOFT_PROMPTS,
+            why_not_merged=_VIRTUAL_INPUTS,
         ),
         Method(
             "selective",
@@ -519,8 +580,8 @@ METHODS: dict[str, Method] = {
             ),
             select=_select,
             writes="tensors",
-            can_combine=False,
             learning_rate=LEARNING_RATES["selective"],
+            why_not_combined="selective runs write base weights, not a PEFT adapter",
         ),
         Method(
             "full",
@@ -532,11 +593,18 @@ METHODS: dict[str, Method] = {
             select=_full,
             writes="model",
             can_merge=False,  # nothing to merge: the result is a whole model
-            can_combine=False,
             learning_rate=LEARNING_RATES["full"],
+            why_not_combined="full fine-tuning writes a whole model, not a PEFT adapter",
+            why_not_merged="the run already wrote a whole model",
         ),
     )
 }
+
+
+def method_of_type(peft_type: str | None) -> Method | None:
+    """The method that writes adapters of PEFT's type (the first: LoRA's adapters are LoRA's,
+    not QLoRA's); None for a type no method writes."""
+    return next((m for m in METHODS.values() if peft_type and m.peft_type == peft_type), None)
 
 
 def get_method(method_id: Any) -> Method:

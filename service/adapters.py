@@ -18,6 +18,7 @@ from typing import Any
 from finetune.adapter_import import check_adapter, unpack_adapter_zip
 from finetune.combine import Source, combine_adapters
 from finetune.fields import SpecError
+from finetune.methods import get_method
 from finetune.models import resolve_model
 from storage.settings import Settings
 from storage.store import Adapter, Store, folder_bytes
@@ -59,6 +60,13 @@ def combine(
         )
     store = Store(settings.data_dir)
     adapters = [store.get_adapter(a) for a in adapter_ids]
+    for a in adapters:  # what the registry says first; the folders' own configs are checked next
+        kind = get_method(a.method)
+        if not kind.can_combine:
+            raise SpecError(
+                f"{a.name} ({a.id}): {kind.label} adapters cannot be combined: "
+                f"{kind.why_not_combined}."
+            )
     bases = {resolve_model(a.base_model, settings.models_dir) for a in adapters}
     if len(bases) > 1:
         listed = ", ".join(sorted({a.base_model for a in adapters}))

@@ -38,7 +38,8 @@ def register_api(settings: Settings) -> None:
         return service.estimate(settings, spec)
 
     def list_methods() -> list:
-        """Every method: id, label, family, description, can_merge, can_combine, fields."""
+        """Every method: id, label, family, description, peft_type, can_merge, can_combine,
+        combinations, shares_base, can_import, imports_as, tasks, learning_rate, fields."""
         return service.list_methods()
 
     def job_status(job_id: str) -> dict:
