@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from gradio_client import Client
 
 from jobs.runner import stop
 from tests.conftest import PROJECT_ROOT, bundled_models_dir
@@ -26,6 +27,16 @@ class LaunchedApp:
     models_dir: Path
     log: Path
     pid: int
+
+
+# Seconds an API call may go without a byte from the server (Gradio's event stream sends a
+# heartbeat every few seconds while a call runs): a wedged server fails the test, not CI.
+API_READ_TIMEOUT_S = 120
+
+
+def api_client(url: str) -> Client:
+    """A gradio_client Client whose calls end with an error when the server stops answering."""
+    return Client(url, verbose=False, httpx_kwargs={"timeout": API_READ_TIMEOUT_S})
 
 
 def free_port() -> int:

@@ -9,7 +9,9 @@ import time
 import zipfile
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
+
+from tests.e2e.conftest import api_client
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +31,7 @@ print(type(model).__name__, model.peft_config["default"].peft_type.value, len(lo
 
 @pytest.fixture(scope="module")
 def client(launched_app):
-    return Client(launched_app.url, verbose=False)
+    return api_client(launched_app.url)
 
 
 def poll(client, job_id, until, timeout=300):

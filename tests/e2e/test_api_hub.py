@@ -9,6 +9,7 @@ import zipfile
 import pytest
 from gradio_client import Client, handle_file
 
+from tests.e2e.conftest import api_client
 from tests.e2e.test_browser_hub import train_two
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +27,7 @@ def wait_done(client: Client, job_id: str, timeout: float = 300) -> dict:
 
 
 def test_hub_endpoints(launched_app, tmp_path):
-    client = Client(launched_app.url, verbose=False)
+    client = api_client(launched_app.url)
     lora, ia3 = train_two(client)
 
     # Our own download, imported again: the same weights, so the same answers.

@@ -14,7 +14,7 @@ import pytest
 from gradio_client import Client
 from playwright import sync_api
 
-from tests.e2e.conftest import LaunchedApp
+from tests.e2e.conftest import LaunchedApp, api_client
 from tests.e2e.test_browser import (
     GENERATE_TIMEOUT_S,
     TRAIN_TIMEOUT_S,
@@ -60,7 +60,7 @@ def train_two(client: Client) -> list[str]:
 
 @pytest.mark.e2e
 def test_hub_in_chromium(launched_app: LaunchedApp, tmp_path: Path):
-    client = Client(launched_app.url, verbose=False)
+    client = api_client(launched_app.url)
     adapters = train_two(client)
     in_chromium(
         launched_app,

@@ -7,10 +7,9 @@ import re
 import time
 
 import pytest
-from gradio_client import Client
 from playwright import sync_api
 
-from tests.e2e.conftest import LaunchedApp
+from tests.e2e.conftest import LaunchedApp, api_client
 from tests.e2e.test_browser import TRAIN_TIMEOUT_S, in_chromium, ms, no_error_shown, open_tab, shot
 
 expect = sync_api.expect
@@ -18,7 +17,7 @@ expect = sync_api.expect
 
 @pytest.mark.e2e
 def test_queue_in_chromium(launched_app: LaunchedApp):
-    client = Client(launched_app.url, verbose=False)
+    client = api_client(launched_app.url)
     dataset_id = client.predict("arithmetic", api_name="/add_sample")["id"]
 
     def job(name: str, steps: int, **training) -> str:
@@ -97,7 +96,7 @@ def queue_flow(page, app: LaunchedApp, first: str, second: str, third: str) -> N
     expect(samples.locator("th")).to_have_text(["prompt", "base model", "step 2", "step 4"])
     expect(samples.locator("tbody tr")).to_have_count(2)
     expect(page.get_by_text("==== run 1")).to_be_attached()  # the log tail
-    jobs = {j["job_id"]: j for j in Client(app.url, verbose=False).predict(api_name="/list_jobs")}
+    jobs = {j["job_id"]: j for j in api_client(app.url).predict(api_name="/list_jobs")}
     assert jobs[second]["status"] == "cancelled" and jobs[second]["started_at"] is None
     assert jobs[first]["finished_at"] <= jobs[third]["started_at"]
     no_error_shown(page)
@@ -108,7 +107,7 @@ def queue_flow(page, app: LaunchedApp, first: str, second: str, third: str) -> N
 def test_a_search_and_a_split_evaluation_in_chromium(launched_app: LaunchedApp):
     """A grid search of two trials: the Jobs tab shows them side by side and the choice; then an
     evaluation split by operation in the Compare tab."""
-    client = Client(launched_app.url, verbose=False)
+    client = api_client(launched_app.url)
     dataset_id = client.predict("arithmetic", api_name="/add_sample")["id"]
     spec = {
         "base_model": "SmolLM2-135M-Instruct",

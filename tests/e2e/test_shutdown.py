@@ -9,10 +9,9 @@ import subprocess
 import time
 
 import pytest
-from gradio_client import Client
 
 from storage.store import JobState, Store
-from tests.e2e.conftest import launch_app
+from tests.e2e.conftest import api_client, launch_app
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +28,7 @@ def test_ctrl_c_then_a_restart_keeps_jobs_curves_and_queue(tmp_path, tiny_model,
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     try:
-        client = Client(url, verbose=False)
+        client = api_client(url)
         dataset = client.predict("arithmetic", api_name="/add_sample")
         spec = {
             "base_model": str(tiny_model),
@@ -77,7 +76,7 @@ def test_ctrl_c_then_a_restart_keeps_jobs_curves_and_queue(tmp_path, tiny_model,
     # Restarted (the UI alone, so no worker moves the queue while we look): the same truth.
     app, url = launch_app(data_dir, tmp_path / "models", log, extra_args=("--no-worker",))
     try:
-        client = Client(url, verbose=False)
+        client = api_client(url)
         listed = {j["job_id"]: j for j in client.predict(api_name="/list_jobs")}
         assert set(listed) == {job_id, *waiting}
         assert (listed[waiting[1]]["position"], listed[waiting[0]]["position"]) == (1, 2)
