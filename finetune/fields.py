@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from errors import UserError
 
-class SpecError(ValueError):
+
+class SpecError(UserError):
     """A value a user gave that cannot be used; the message names the field."""
 
 

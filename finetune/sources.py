@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from errors import UserError
+
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
 ARCHIVES = (".zip", ".gz")
 MAX_ARCHIVE_MEMBERS = 64
@@ -30,7 +32,7 @@ TEXT_MODES = ("blocks", "file")  # .txt: one example per blank-line block, or on
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A file that cannot become a dataset; the message names the problem and the rows."""
 
 

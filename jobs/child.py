@@ -19,7 +19,7 @@ from jobs.failures import plain_reason
 from jobs.runner import LOG_NAME, stop_with_parent
 from jobs.sweep import PROBE
 from storage.settings import Settings, from_env
-from storage.store import JobState, Store, folder_bytes
+from storage.store import JobKind, JobState, Store, folder_bytes
 
 
 class StoreReporter(Reporter):
@@ -95,9 +95,9 @@ def handle_sigterm(store: Store, job_id: str, reporter: StoreReporter) -> None:
             os._exit(1)
         kind = store.get_job(job_id).kind
         if stopped_state(store, job_id) == JobState.CANCELLED:
-            store.finish_job(job_id, JobState.CANCELLED, _CANCELLED_BEFORE[kind == "train"])
+            store.finish_job(job_id, JobState.CANCELLED, _CANCELLED_BEFORE[kind == JobKind.TRAIN])
         else:
-            store.finish_job(job_id, JobState.INTERRUPTED, _SHUTDOWN_BEFORE[kind == "train"])
+            store.finish_job(job_id, JobState.INTERRUPTED, _SHUTDOWN_BEFORE[kind == JobKind.TRAIN])
         os._exit(1)
 
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -259,7 +259,7 @@ def run_process(job_id: str) -> int:
     stop_with_parent()
     if os.getppid() == 1:  # the worker died before the line above took effect
         os.kill(os.getpid(), signal.SIGTERM)
-    if store.get_job(job_id).kind == "train":
+    if store.get_job(job_id).kind == JobKind.TRAIN:
         state = run(settings, job_id, reporter)
     else:
         from jobs.eval_merge import run_hub_job

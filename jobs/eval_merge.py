@@ -13,7 +13,7 @@ from finetune.models import resolve_model
 from finetune.train import split_rows
 from jobs.failures import plain_reason
 from storage.settings import Settings
-from storage.store import JobState, Store
+from storage.store import JobKind, JobState, Store
 
 MERGED = "merged"  # the merged model's folder, inside the job's folder
 
@@ -40,9 +40,9 @@ def run_hub_job(settings: Settings, job_id: str, reporter) -> JobState:
     store = reporter.store
     job = store.get_job(job_id)
     try:
-        if job.kind == "evaluate":
+        if job.kind == JobKind.EVALUATE:
             return _evaluate(settings, store, job, reporter)
-        if job.kind == "merge":
+        if job.kind == JobKind.MERGE:
             return _merge(settings, store, job)
         raise ValueError(f"unknown job kind {job.kind!r}")
     except Exception as exc:

@@ -8,6 +8,7 @@ import signal
 from finetune.data import DataError
 from finetune.fields import SpecError
 from finetune.models import ModelError
+from storage.store import JobKind
 
 # What to change when a job's process is killed for memory, by the job's kind.
 OOM_ADVICE = {
@@ -18,11 +19,11 @@ OOM_ADVICE = {
 
 
 def explain_exit(code: int, checkpoint: str | None = None, kind: str = "train") -> str:
-    what = "training process" if kind == "train" else f"{kind} process"
+    what = "training process" if kind == JobKind.TRAIN else f"{kind} process"
     then = (
         f" Resume it from its last checkpoint ({checkpoint}), or retry it."
         if checkpoint
-        else (" It had no checkpoint yet: retry it." if kind == "train" else " Retry it.")
+        else (" It had no checkpoint yet: retry it." if kind == JobKind.TRAIN else " Retry it.")
     )
     if code < 0:
         name = signal.Signals(-code).name
@@ -42,7 +43,7 @@ def plain_reason(exc: BaseException, kind: str = "train") -> str:
         return text
     if "out of memory" in text.lower() or isinstance(exc, MemoryError):
         where = "GPU" if "cuda" in text.lower() else "machine"
-        if kind != "train":
+        if kind != JobKind.TRAIN:
             return f"The {kind} job ran out of memory on the {where}: {OOM_ADVICE[kind]}."
         advice = OOM_ADVICE["train"]
         return (
@@ -60,5 +61,5 @@ def plain_reason(exc: BaseException, kind: str = "train") -> str:
         return f"A file the job needs is missing: {exc.filename or text}."
     if type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
         return f"The model could not be downloaded (offline or unreachable Hub): {text}"
-    failed = "Training failed" if kind == "train" else f"The {kind} job failed"
+    failed = "Training failed" if kind == JobKind.TRAIN else f"The {kind} job failed"
     return f"{failed}: {type(exc).__name__}: {text}"

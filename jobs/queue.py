@@ -14,7 +14,7 @@ from huey import Huey, RedisHuey, SqliteHuey
 from huey.api import TaskWrapper
 
 from storage.settings import Settings
-from storage.store import Job, JobState, Store
+from storage.store import Job, JobKind, JobState, Store
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def submit_job(
     dataset_id: str | None,
     gpus: int = 1,
     priority: int = 0,
-    kind: str = "train",
+    kind: JobKind = JobKind.TRAIN,
     parent_id: str | None = None,
     role: str | None = None,
 ) -> Job:

@@ -13,7 +13,7 @@ from finetune.fields import SpecError
 from finetune.spec import JobSpec, parse_spec
 from jobs.queue import submit_job
 from storage.settings import Settings
-from storage.store import Job, JobState, Store
+from storage.store import Job, JobKind, JobState, Store
 
 PROBE = "probe"  # an auto search's trial: measured, no adapter kept
 TRIAL = "trial"  # a grid or random search's trial: its adapter is kept
@@ -36,7 +36,7 @@ def start_sweep(settings: Settings, spec: JobSpec, name: str, dataset_id: str) -
         name,
         {**base, "trials": chosen},
         dataset_id,
-        kind="sweep",
+        kind=JobKind.SWEEP,
     )
     store.claim_job(parent.id, worker="")
     store.update_job(parent.id, total_steps=len(chosen) + (spec.search["mode"] == "auto"), step=0)
@@ -78,7 +78,7 @@ def advance(settings: Settings, parent_id: str) -> None:
     """Move a sweep on once its running children have all settled."""
     store = Store(settings.data_dir)
     parent = store.get_job(parent_id)
-    if parent.kind != "sweep" or parent.state != JobState.RUNNING:
+    if parent.kind != JobKind.SWEEP or parent.state != JobState.RUNNING:
         return
     children = store.children(parent.id)
     store.update_job(parent.id, step=sum(c.state.finished for c in children))
@@ -142,5 +142,5 @@ def cancel_sweep(settings: Settings, parent: Job) -> JobState:
 def advance_all(settings: Settings) -> None:
     """Every running sweep, once (a worker that starts picks up what a dead one left)."""
     for job in Store(settings.data_dir).list_jobs():
-        if job.kind == "sweep" and job.state == JobState.RUNNING:
+        if job.kind == JobKind.SWEEP and job.state == JobState.RUNNING:
             advance(settings, job.id)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from errors import UserError
 from finetune.data import (
     DETECT_SAMPLE,
     ON_BAD_ROWS,
@@ -74,28 +75,28 @@ class UploadOptions:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise ValueError(f"options.{unknown[0]}: unknown option (known: {', '.join(known)}).")
+            raise UserError(f"options.{unknown[0]}: unknown option (known: {', '.join(known)}).")
         opts = cls(**{k: v for k, v in raw.items() if v is not None})
         for f in fields(cls):
             kind = {"str": str, "bool": bool}.get(str(f.type))
             if kind and not isinstance(getattr(opts, f.name), kind):
-                raise ValueError(
+                raise UserError(
                     f"options.{f.name}: must be {'text' if kind is str else 'true/false'}."
                 )
         if opts.format and opts.format not in SCHEMAS:
-            raise ValueError(f"options.format: {opts.format!r} is not one of {', '.join(SCHEMAS)}.")
+            raise UserError(f"options.format: {opts.format!r} is not one of {', '.join(SCHEMAS)}.")
         if opts.on_bad_rows not in ON_BAD_ROWS:
-            raise ValueError(f"options.on_bad_rows: must be one of {', '.join(ON_BAD_ROWS)}.")
+            raise UserError(f"options.on_bad_rows: must be one of {', '.join(ON_BAD_ROWS)}.")
         if opts.text_mode not in TEXT_MODES:
-            raise ValueError(f"options.text_mode: must be one of {', '.join(TEXT_MODES)}.")
+            raise UserError(f"options.text_mode: must be one of {', '.join(TEXT_MODES)}.")
         if not isinstance(opts.mapping, dict):
-            raise ValueError("options.mapping: must be an object of schema field -> column.")
+            raise UserError("options.mapping: must be an object of schema field -> column.")
         if not isinstance(opts.labels, list) or not all(isinstance(x, str) for x in opts.labels):
-            raise ValueError("options.labels: must be a list of label strings.")
+            raise UserError("options.labels: must be a list of label strings.")
         if isinstance(opts.max_length, bool) or not isinstance(opts.max_length, int):
-            raise ValueError("options.max_length: must be a whole number.")
+            raise UserError("options.max_length: must be a whole number.")
         if not 16 <= opts.max_length <= 131072:
-            raise ValueError("options.max_length: must be from 16 to 131072.")
+            raise UserError("options.max_length: must be from 16 to 131072.")
         return opts
 
     def key(self) -> str:
@@ -140,7 +141,7 @@ def _file_list(files: Any) -> list[tuple[Path, str]]:
     for item in items:
         path = Path(item if isinstance(item, str | Path) else getattr(item, "name", ""))
         if not str(item) or not path.is_file():
-            raise ValueError("An uploaded file did not arrive; try again.")
+            raise UserError("An uploaded file did not arrive; try again.")
         out.append((path, path.name))
     return out
 
@@ -148,13 +149,13 @@ def _file_list(files: Any) -> list[tuple[Path, str]]:
 def read_sources(settings: Settings, files: Any, opts: UploadOptions) -> list[Records]:
     if opts.hub_id:
         if _file_list(files):
-            raise ValueError("Give files or a Hub dataset id, not both.")
+            raise UserError("Give files or a Hub dataset id, not both.")
         return [
             read_hub(opts.hub_id, opts.hub_split, opts.hub_subset, limits(settings), hub_reachable)
         ]
     listed = _file_list(files)
     if not listed:
-        raise ValueError("Choose a file to upload (or give a Hub dataset id).")
+        raise UserError("Choose a file to upload (or give a Hub dataset id).")
     sources: list[Records] = []
     for path, name in listed:
         sources.extend(read_source(path, name, limits(settings), opts.text_mode))
@@ -200,7 +201,7 @@ def tokenizer_of(settings: Settings, base_model: str):
     try:
         return load_tokenizer(str(path), settings.allow_remote_code)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"The tokenizer of {base_model} cannot be loaded: {exc}") from None
+        raise UserError(f"The tokenizer of {base_model} cannot be loaded: {exc}") from None
 
 
 def _check_lengths(settings: Settings, parsed: Parsed, opts: UploadOptions) -> None:
@@ -389,12 +390,12 @@ def _stored_problems(store: Store, dataset_id: str) -> list[dict]:
 def add_sample(settings: Settings, sample: str) -> dict[str, Any]:
     """Store a bundled sample as a dataset (once; later calls return the same one)."""
     if sample not in SAMPLES:
-        raise ValueError(f"Unknown sample {sample!r} (known: {', '.join(SAMPLES)}).")
+        raise UserError(f"Unknown sample {sample!r} (known: {', '.join(SAMPLES)}).")
     entry = SAMPLES[sample]
     try:
         train, held_out = entry.build()
     except (ImportError, OSError) as exc:
-        raise ValueError(
+        raise UserError(
             f"The {sample} sample cannot be built here ({exc}); run `make run`."
         ) from None
     store = Store(settings.data_dir)
@@ -439,12 +440,12 @@ def preview_dataset(
         return out
     max_length = DEFAULT_MAX_LENGTH if max_length in (None, 0) else int(max_length)
     if not 16 <= max_length <= 131072:
-        raise ValueError("max_length: must be from 16 to 131072.")
+        raise UserError("max_length: must be from 16 to 131072.")
     from finetune.preview import render, token_stats
 
     tokenizer = tokenizer_of(settings, base_model)
     if tokenizer.chat_template is None and any("messages" in r for r in first):
-        raise ValueError(
+        raise UserError(
             f"{base_model} has no chat template: it is not a chat model. Seq2seq and "
             "classification models train on each row's input and answer as they are; pick a "
             "chat model to see the template applied."

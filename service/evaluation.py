@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from errors import UserError
 from finetune.data import group_columns, read_rows
 from finetune.evaluate import check_metric, default_metric
 from finetune.fields import SpecError
@@ -15,7 +16,7 @@ from jobs.eval_merge import eval_rows
 from jobs.queue import submit_job
 from service.playground import entries
 from storage.settings import Settings
-from storage.store import Store
+from storage.store import JobKind, Store
 
 MAX_EVAL_ROWS = 2000
 _TRAINING_DEFAULTS = {f.name: f.default for f in TRAINING_FIELDS}
@@ -78,7 +79,7 @@ def start_evaluation(
             "an eval split): upload an eval file with it, or raise options.eval_fraction."
         )
     name = options["name"] or f"evaluate {len(chosen)} on {dataset.name}"
-    job = submit_job(settings, name[:200], spec, dataset.id, kind="evaluate")
+    job = submit_job(settings, name[:200], spec, dataset.id, kind=JobKind.EVALUATE)
     if spec["split"] == "all" or _has_own_eval(store, dataset.id):
         warnings = [w for w in warnings if "held out" not in w]
     return {
@@ -168,8 +169,8 @@ def _whole(value: Any, name: str, low: int, high: int) -> int:
 def evaluation_results(settings: Settings, job_id: str) -> dict[str, Any]:
     """An evaluation job's state, and once it has them its summary and per-example answers."""
     job = Store(settings.data_dir).get_job(job_id)
-    if job.kind != "evaluate":
-        raise ValueError(f"Job {job_id} is a {job.kind} job, not an evaluation.")
+    if job.kind != JobKind.EVALUATE:
+        raise UserError(f"Job {job_id} is a {job.kind} job, not an evaluation.")
     result = job.result or {}
     return {
         "job_id": job.id,

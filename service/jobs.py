@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from errors import UserError
 from jobs.queue import submit_job, wake
 from jobs.runner import LOG_NAME
 from jobs.sweep import advance, cancel_sweep, trial_rows
 from storage.settings import Settings
-from storage.store import Job, JobState, Metric, Sample, Store
+from storage.store import Job, JobKind, JobState, Metric, Sample, Store
 
 MAX_LOG_LINES = 2000
 LOG_TAIL_BYTES = 1 << 20
@@ -42,7 +43,7 @@ def job_view(settings: Settings, job_id: str) -> JobView:
     store = Store(settings.data_dir)
     job = store.get_job(job_id)
     metrics = store.list_metrics(job.id)
-    if job.kind != "sweep":
+    if job.kind != JobKind.SWEEP:
         return JobView(job, metrics, samples=store.list_samples(job.id))
     children = store.children(job.id)
     return JobView(
@@ -126,7 +127,7 @@ def list_jobs(settings: Settings, state: str | None = None) -> list[dict[str, An
 def _state(value: str) -> str:
     known = [s.value for s in JobState]
     if value not in known:
-        raise ValueError(f"state: must be one of {', '.join(known)}; got {value!r}")
+        raise UserError(f"state: must be one of {', '.join(known)}; got {value!r}")
     return value
 
 
@@ -145,8 +146,8 @@ def cancel_job(settings: Settings, job_id: str) -> dict[str, Any]:
     store = Store(settings.data_dir)
     job = store.get_job(job_id)
     if job.state.finished:
-        raise ValueError(f"Job {job_id} has already ended ({job.state.value}).")
-    if job.kind == "sweep":
+        raise UserError(f"Job {job_id} has already ended ({job.state.value}).")
+    if job.kind == JobKind.SWEEP:
         return {"job_id": job_id, "status": cancel_sweep(settings, job).value}
     state = store.cancel_job(job_id)
     if job.parent_id and state.finished:  # a queued trial: its search may be done now
@@ -161,7 +162,7 @@ def set_priority(settings: Settings, job_id: str, priority: int) -> dict[str, An
         or not isinstance(priority, int | float)
         or priority != int(priority)
     ):
-        raise ValueError(f"priority: must be a whole number, got {priority!r}")
+        raise UserError(f"priority: must be a whole number, got {priority!r}")
     store = Store(settings.data_dir)
     store.set_priority(job_id, int(priority))
     return job_status(settings, job_id)
@@ -173,11 +174,11 @@ def move_job(settings: Settings, job_id: str, where: str) -> dict[str, Any]:
     order = store.queue_order()
     if job_id not in order:
         state = store.get_job(job_id).state.value
-        raise ValueError(f"Job {job_id} is {state}; only a queued job can be moved.")
+        raise UserError(f"Job {job_id} is {state}; only a queued job can be moved.")
     i = order.index(job_id)
     j = {"up": i - 1, "down": i + 1, "top": 0}.get(where)
     if j is None:
-        raise ValueError(f"where: must be up, down or top; got {where!r}")
+        raise UserError(f"where: must be up, down or top; got {where!r}")
     order.insert(max(0, min(j, len(order) - 1)), order.pop(i))
     store.reorder(order)
     return job_status(settings, job_id)
@@ -188,9 +189,9 @@ def resume_job(settings: Settings, job_id: str) -> dict[str, Any]:
     store = Store(settings.data_dir)
     job = store.get_job(job_id)
     if job.state not in RESUMABLE:
-        raise ValueError(f"Job {job_id} is {job.state.value}; only a stopped job can be resumed.")
+        raise UserError(f"Job {job_id} is {job.state.value}; only a stopped job can be resumed.")
     if not resumable(store, job):
-        raise ValueError(f"Job {job_id} has no checkpoint to resume from; retry it instead.")
+        raise UserError(f"Job {job_id} has no checkpoint to resume from; retry it instead.")
     store.requeue_job(job.id, resume_from=job.checkpoint)
     wake(settings)
     return job_status(settings, job_id)
@@ -202,11 +203,11 @@ def retry_job(settings: Settings, job_id: str) -> dict[str, Any]:
 
     job = Store(settings.data_dir).get_job(job_id)
     if job.state not in RESUMABLE:
-        raise ValueError(f"Job {job_id} is {job.state.value}; only a stopped job can be retried.")
+        raise UserError(f"Job {job_id} is {job.state.value}; only a stopped job can be retried.")
     name = f"{job.name} (retry)"[:200]
-    if job.kind == "sweep":  # the whole search again, with new trials
+    if job.kind == JobKind.SWEEP:  # the whole search again, with new trials
         return start_job(settings, {**search_spec(job), "name": name})
-    if job.kind != "train":  # evaluate and merge jobs are queued again as they were
+    if job.kind != JobKind.TRAIN:  # evaluate and merge jobs are queued again as they were
         retried = submit_job(settings, name, job.spec, job.dataset_id, kind=job.kind)
         return {"job_id": retried.id, "status": retried.state.value}
     return start_job(settings, {**job.spec, "name": name})
@@ -215,9 +216,9 @@ def retry_job(settings: Settings, job_id: str) -> dict[str, Any]:
 def clone_job(settings: Settings, job_id: str) -> dict[str, Any]:
     """The job's spec, to edit and start as a new job (the Train form fills in with it)."""
     job = Store(settings.data_dir).get_job(job_id)
-    if job.kind not in ("train", "sweep"):
-        raise ValueError(f"Job {job_id} is a {job.kind} job: only a training job has a form.")
-    spec = search_spec(job) if job.kind == "sweep" else job.spec
+    if job.kind not in (JobKind.TRAIN, JobKind.SWEEP):
+        raise UserError(f"Job {job_id} is a {job.kind} job: only a training job has a form.")
+    spec = search_spec(job) if job.kind == JobKind.SWEEP else job.spec
     return {"job_id": job.id, "spec": {**spec, "name": f"{job.name} (copy)"[:200]}}
 
 
@@ -233,7 +234,7 @@ def delete_job(settings: Settings, job_id: str) -> dict[str, Any]:
     children = store.children(store.get_job(job_id).id)
     running = [c.id for c in children if not c.state.finished]
     if running:
-        raise ValueError(f"Job {job_id} has trials still queued or running: cancel it first.")
+        raise UserError(f"Job {job_id} has trials still queued or running: cancel it first.")
     for child in children:
         store.delete_job(child.id)
     store.delete_job(job_id)
@@ -243,7 +244,7 @@ def delete_job(settings: Settings, job_id: str) -> dict[str, Any]:
 def job_log(settings: Settings, job_id: str, lines: int = 100) -> dict[str, Any]:
     """The last `lines` lines of the job's log (its child process's output)."""
     if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= MAX_LOG_LINES:
-        raise ValueError(f"lines: must be a whole number from 1 to {MAX_LOG_LINES}")
+        raise UserError(f"lines: must be a whole number from 1 to {MAX_LOG_LINES}")
     store = Store(settings.data_dir)
     job = store.get_job(job_id)
     path = store.job_dir(job.id) / LOG_NAME

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from errors import UserError
 from finetune.merge import check_merge
 from jobs.eval_merge import MERGED
 from jobs.queue import submit_job
 from service.adapters import zip_once
 from storage.settings import Settings
-from storage.store import JobState, Store
+from storage.store import JobKind, JobState, Store
 
 
 def start_merge(settings: Settings, adapter_id: str, dtype: str = "float32") -> dict[str, Any]:
@@ -21,7 +22,7 @@ def start_merge(settings: Settings, adapter_id: str, dtype: str = "float32") -> 
     check_merge(adapter.method, dtype)
     spec = {"adapter_id": adapter.id, "base_model": adapter.base_model, "dtype": dtype}
     name = f"merge {adapter.name} ({dtype})"[:200]
-    job = submit_job(settings, name, spec, None, kind="merge")
+    job = submit_job(settings, name, spec, None, kind=JobKind.MERGE)
     return {"job_id": job.id, "status": job.state.value}
 
 
@@ -29,11 +30,11 @@ def download_merged(settings: Settings, job_id: str) -> Path:
     """The merged model of a finished merge job, as a .zip."""
     store = Store(settings.data_dir)
     job = store.get_job(job_id)
-    if job.kind != "merge":
-        raise ValueError(f"Job {job_id} is a {job.kind} job, not a merge.")
+    if job.kind != JobKind.MERGE:
+        raise UserError(f"Job {job_id} is a {job.kind} job, not a merge.")
     folder = store.job_dir(job.id) / MERGED
     if job.state != JobState.SUCCEEDED or not folder.is_dir():
-        raise ValueError(f"Job {job_id} is {job.state.value}: no merged model to download yet.")
+        raise UserError(f"Job {job_id} is {job.state.value}: no merged model to download yet.")
     return zip_once(folder, store.data_dir / "downloads" / f"merged-{job.id}.zip", "merged")
 
 
@@ -43,7 +44,7 @@ def merged_models(settings: Settings) -> list[dict[str, Any]]:
     return [
         {"job_id": j.id, "name": j.name, **{k: (j.result or {}).get(k) for k in _MERGE_KEYS}}
         for j in store.list_jobs()
-        if j.kind == "merge" and j.state == JobState.SUCCEEDED
+        if j.kind == JobKind.MERGE and j.state == JobState.SUCCEEDED
     ]
 
 

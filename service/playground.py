@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from errors import UserError
 from finetune.data import common_system_prompt, read_rows
 from finetune.generate import GenerationParams, ModelCache, Turn
 from finetune.models import resolve_model
@@ -30,9 +31,9 @@ def entries(
         adapter_ids = [None]
     chosen = [a for a in adapter_ids if a is not None]
     if len(chosen) > MAX_ADAPTERS:
-        raise ValueError(f"adapter_ids: at most {MAX_ADAPTERS} adapters beside the base model")
+        raise UserError(f"adapter_ids: at most {MAX_ADAPTERS} adapters beside the base model")
     if len(set(chosen)) != len(chosen):
-        raise ValueError("adapter_ids: an adapter is named twice")
+        raise UserError("adapter_ids: an adapter is named twice")
     store = Store(settings.data_dir)
     adapters = [store.get_adapter(a) for a in chosen]
     if base_model:
@@ -40,10 +41,10 @@ def entries(
     elif adapters:
         model = resolve_model(adapters[0].base_model, settings.models_dir)
     else:
-        raise ValueError("base_model: name the base model when no adapter is chosen")
+        raise UserError("base_model: name the base model when no adapter is chosen")
     for adapter in adapters:
         if resolve_model(adapter.base_model, settings.models_dir) != model:
-            raise ValueError(
+            raise UserError(
                 f"Adapter {adapter.id} was trained on {adapter.base_model}, not on "
                 f"{base_model or adapters[0].base_model}: compare adapters of one base."
             )
@@ -72,22 +73,22 @@ def generation_params(params: dict[str, Any] | None) -> GenerationParams:
     known = GenerationParams.__dataclass_fields__
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(f"params.{unknown[0]}: unknown field (known: {', '.join(known)})")
+        raise UserError(f"params.{unknown[0]}: unknown field (known: {', '.join(known)})")
     stop = params.pop("stop", None) or []
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list | tuple) or not all(isinstance(x, str) and x for x in stop):
-        raise ValueError("params.stop: give a list of non-empty strings")
+        raise UserError("params.stop: give a list of non-empty strings")
     if len(stop) > MAX_STOPS or any(len(x) > 100 for x in stop):
-        raise ValueError(f"params.stop: at most {MAX_STOPS} strings of up to 100 characters")
+        raise UserError(f"params.stop: at most {MAX_STOPS} strings of up to 100 characters")
     try:
         gen = GenerationParams(**params)
         if not 1 <= int(gen.max_new_tokens) <= 2048:
-            raise ValueError("params.max_new_tokens: must be from 1 to 2048")
+            raise UserError("params.max_new_tokens: must be from 1 to 2048")
         if not 0 <= float(gen.temperature) <= 5:
-            raise ValueError("params.temperature: must be from 0 to 5")
+            raise UserError("params.temperature: must be from 0 to 5")
         if not 0 < float(gen.top_p) <= 1:
-            raise ValueError("params.top_p: must be above 0 and at most 1")
+            raise UserError("params.top_p: must be above 0 and at most 1")
         return GenerationParams(
             max_new_tokens=int(gen.max_new_tokens),
             temperature=float(gen.temperature),
@@ -97,12 +98,12 @@ def generation_params(params: dict[str, Any] | None) -> GenerationParams:
             stop=tuple(stop),
         )
     except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc)) from None
+        raise UserError(str(exc)) from None
 
 
 def _chat(prompt: str, history: list[Turn] | None = None) -> list[Turn]:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("Type a prompt first.")
+        raise UserError("Type a prompt first.")
     return [*(history or []), {"role": "user", "content": prompt}]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 
+from errors import Missing, UserError
 from storage.db import connect, migrate
 
 
@@ -29,6 +30,15 @@ class JobState(StrEnum):
         return self not in (JobState.QUEUED, JobState.RUNNING)
 
 
+class JobKind(StrEnum):
+    """What a job does; a sweep runs no process of its own (its trials are jobs)."""
+
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    MERGE = "merge"
+    SWEEP = "sweep"
+
+
 _STALE_MESSAGE = (
     "The job stopped sending heartbeats: its worker or the app was stopped while it ran."
 )
@@ -38,11 +48,11 @@ _QUEUE_ORDER = "priority DESC, created_at, id"
 _ID_PATTERN = re.compile(r"^(ds|job|ad)-[0-9a-f]{12}$")
 
 
-class NotFound(LookupError):
+class NotFound(Missing):
     """A record that does not exist (or an id that cannot be one)."""
 
 
-class InUse(ValueError):
+class InUse(UserError):
     """A record other records still refer to."""
 
 
@@ -118,7 +128,7 @@ class Job:
     resume_from: str | None = None
     runs: int = 0
     worker: str | None = None
-    kind: str = "train"  # train, evaluate, merge, sweep
+    kind: JobKind = JobKind.TRAIN
     result: dict | None = None  # what an evaluate, merge or sweep job found
     parent_id: str | None = None  # the sweep job this one is a trial (or the final run) of
     role: str | None = None  # under a parent: "probe", "trial" or "final" (jobs.sweep)
@@ -172,6 +182,7 @@ def _dataset(row) -> Dataset:
 def _job(row) -> Job:
     d = dict(row)
     d["state"] = JobState(d["state"])
+    d["kind"] = JobKind(d["kind"])
     d["spec"] = json.loads(d["spec"])
     d["cancel_requested"] = bool(d["cancel_requested"])
     d["result"] = json.loads(d["result"]) if d.get("result") else None
@@ -328,10 +339,11 @@ class Store:
         dataset_id: str | None,
         gpus: int = 1,
         priority: int = 0,
-        kind: str = "train",
+        kind: JobKind = JobKind.TRAIN,
         parent_id: str | None = None,
         role: str | None = None,
     ) -> Job:
+        kind = JobKind(kind)  # an unknown kind fails here, before anything is written
         job_id = new_id("job")
         self.job_dir(job_id).mkdir(parents=True)
         row = {
@@ -415,7 +427,7 @@ class Store:
             )
         if cur.rowcount == 0:
             state = self.get_job(job_id).state.value  # NotFound for an unknown id
-            raise ValueError(f"Job {job_id} is {state}; only a queued job can be reordered.")
+            raise UserError(f"Job {job_id} is {state}; only a queued job can be reordered.")
 
     def reorder(self, job_ids: list[str]) -> None:
         """Queued jobs run in this order (the first gets the highest priority)."""

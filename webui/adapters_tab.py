@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 import service
+from errors import UserError
 from finetune.combine import COMBINATIONS, WITH_DENSITY
 from finetune.merge import DTYPES
 from storage.settings import Settings
@@ -59,7 +60,7 @@ def _offer(value: str | None, missing: str, make, settings: Settings):
         raise gr.Error(missing)
     try:
         return gr.update(value=str(make(settings, value)), visible=True)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         raise gr.Error(str(exc)) from None
 
 
@@ -68,7 +69,7 @@ def on_push_click(settings: Settings, adapter_id: str | None, repo_id: str) -> s
         return "**Not pushed.** Pick an adapter first."
     try:
         pushed = service.push_to_hub(settings, adapter_id, repo_id)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Not pushed.** {exc}"
     return f"Pushed to [{pushed['repo_id']}]({pushed['url']}) (private)."
 
@@ -78,7 +79,7 @@ def on_merge_click(settings: Settings, adapter_id: str | None, dtype: str) -> st
         return "**Not merged.** Pick an adapter first."
     try:
         started = service.start_merge(settings, adapter_id, dtype)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Not merged.** {exc}"
     return (
         f"Merge job `{started['job_id']}` is queued (Jobs tab); the model appears under "
@@ -109,7 +110,7 @@ def on_merged_download_click(settings: Settings, job_id: str | None):
 def on_import_click(settings: Settings, file: str | None, base_model: str, name: str) -> str:
     try:
         made = service.import_adapter(settings, file, base_model, name)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Not imported.** {exc}"
     notes = "".join(f"\n- {w}" for w in made["warnings"])
     if made["ignored_files"]:
@@ -127,7 +128,7 @@ def parse_weights(text: str, count: int) -> list[float]:
     try:
         return [float(w) for w in text.replace(";", ",").split(",") if w.strip()]
     except ValueError:
-        raise ValueError(f"Weights: give numbers separated by commas, got {text!r}") from None
+        raise UserError(f"Weights: give numbers separated by commas, got {text!r}") from None
 
 
 def on_combine_click(
@@ -152,7 +153,7 @@ def on_combine_click(
             float(density) if density and method in WITH_DENSITY else None,
             int(svd_rank) if svd_rank else None,
         )
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Not combined.** {exc}"
     rank = f", rank {made['r']}" if made["r"] else ""
     return (

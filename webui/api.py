@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
 import service
 from storage.settings import Settings
-
-
-def user_errors(fn: Callable) -> Callable:
-    """A user's mistake reaches the client as a gradio error with the same message the UI shows."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, LookupError) as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-
-    return wrapper
+from webui.errors import guarded
 
 
 def register_api(settings: Settings) -> None:
@@ -204,7 +190,7 @@ def register_api(settings: Settings) -> None:
         tradeoffs,
         push_to_hub,
     ):
-        gr.api(user_errors(fn), api_name=fn.__name__)
+        gr.api(guarded(fn), api_name=fn.__name__)
 
     # Endpoints that take or return a file need file components; they stay out of sight.
     with gr.Column(visible=False):
@@ -240,13 +226,13 @@ def register_api(settings: Settings) -> None:
         return str(service.download_adapter(settings, adapter_id))
 
     upload_button.click(
-        user_errors(upload_dataset),
+        guarded(upload_dataset),
         [files_in, name_in, options_in, eval_in],
         info_out,
         api_name="upload_dataset",
     )
     download_button.click(
-        user_errors(download_adapter),
+        guarded(download_adapter),
         [adapter_in],
         zip_out,
         api_name="download_adapter",
@@ -258,7 +244,7 @@ def register_api(settings: Settings) -> None:
         return service.import_adapter(settings, file, base_model, name or None)
 
     import_button.click(
-        user_errors(import_adapter),
+        guarded(import_adapter),
         [zip_in, base_in, name_in],
         info_out,
         api_name="import_adapter",
@@ -268,6 +254,4 @@ def register_api(settings: Settings) -> None:
         """A finished merge job's model folder as a .zip file."""
         return str(service.download_merged(settings, job_id))
 
-    merged_button.click(
-        user_errors(download_merged), [job_in], merged_out, api_name="download_merged"
-    )
+    merged_button.click(guarded(download_merged), [job_in], merged_out, api_name="download_merged")

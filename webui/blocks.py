@@ -10,6 +10,7 @@ from webui.adapters_tab import build_adapters_tab
 from webui.api import register_api
 from webui.compare_tab import build_compare_tab
 from webui.data_tab import build_data_tab, dataset_choices, datasets_rows
+from webui.errors import guard_events
 from webui.jobs_tab import build_jobs_tab
 from webui.playground_tab import build_playground_tab, on_playground_select
 from webui.train_tab import adapter_start_choices, build_train_tab, fill_form, on_form_change
@@ -79,6 +80,7 @@ def build_app(settings: Settings) -> gr.Blocks:
             outputs=[form.counts_md],
             api_visibility="private",
         )
+    guard_events(app)  # a user's mistake shows its message; a bug, a reference to the log
     return app
 
 

@@ -8,9 +8,10 @@ import gradio as gr
 import pandas as pd
 
 import service
+from errors import UserError
 from finetune.evaluate import METRICS
 from storage.settings import Settings
-from storage.store import Store
+from storage.store import JobKind, Store
 from webui.data_tab import dataset_choices
 from webui.playground_tab import adapter_choices
 
@@ -63,7 +64,7 @@ def evaluation_choices(settings: Settings) -> list[tuple[str, str]]:
     return [
         (f"{j.name} · {j.id}", j.id)
         for j in Store(settings.data_dir).list_jobs()
-        if j.kind == "evaluate"
+        if j.kind == JobKind.EVALUATE
     ]
 
 
@@ -80,7 +81,7 @@ def on_evaluate_click(
     ids = ([None] if include_base else []) + list(adapter_ids or [])
     try:
         if not dataset_id:
-            raise ValueError("Pick a dataset to evaluate on.")
+            raise UserError("Pick a dataset to evaluate on.")
         started = service.start_evaluation(
             settings,
             ids,
@@ -92,7 +93,7 @@ def on_evaluate_click(
                 "group_by": None if group_by in (None, NO_GROUP) else group_by,
             },
         )
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Not started.** {exc}", gr.update()
     message = (
         f"Evaluation `{started['job_id']}` is queued: {len(ids)} model(s) × {started['rows']} "
@@ -121,7 +122,7 @@ def on_results_show(settings: Settings, job_id: str | None, only_differing: bool
         return empty
     try:
         results = service.evaluation_results(settings, job_id)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return (*empty[:3], f"**{exc}**")
     names = {a.id: a.name for a in Store(settings.data_dir).list_adapters()}
     label = lambda a: BASE if a is None else f"{names.get(a, a)} · {a}"  # noqa: E731

@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 import service
+from errors import UserError
 from finetune.data import SCHEMAS, BadRows, problems_json
 from finetune.samples import SAMPLES
 from finetune.sources import ARCHIVES, SUFFIXES
@@ -200,7 +201,7 @@ def show_dataset(settings: Settings, dataset_id: str | None, base_model: str, ma
         return "", bad_rows_table([]), "", ""
     try:
         preview = service.preview_dataset(settings, dataset_id, base_model or "", max_length)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Cannot preview.** {exc}", bad_rows_table([]), "", ""
     examples = examples_html(preview.get("examples", []))
     hist = histogram_html(preview["token_stats"]) if "token_stats" in preview else ""
@@ -243,7 +244,7 @@ def on_upload(
             "are listed below. Fix the file, or choose **Drop bad rows** and add it again.",
             problems,
         )
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return _not_stored(f"**Not stored.** {exc}")
     return _stored(settings, info, model_name, length)
 
@@ -251,7 +252,7 @@ def on_upload(
 def on_sample(settings: Settings, key: str, model_name: str, length: int) -> tuple:
     try:
         info = service.add_sample(settings, key)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return _not_stored(f"**Not stored.** {exc}")
     return _stored(settings, info, model_name, length)
 
@@ -265,7 +266,7 @@ def on_source_change(settings: Settings, paths: Any, options: dict) -> tuple:
         return "", gr.update(value=""), [], *mapping_updates("", [], {})
     try:
         found = service.inspect_columns(settings, paths, options)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Cannot read it.** {exc}", gr.update(), [], *mapping_updates("", [], {})
     note = (
         f"Detected schema `{found['format']}`; check the mapping, then **Check and add**."
@@ -287,7 +288,7 @@ def on_delete_click(settings: Settings, dataset_id: str | None) -> tuple:
         return "Choose a dataset to delete.", *(gr.update(),) * 5
     try:
         service.delete_dataset(settings, dataset_id)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Not deleted.** {exc}", *(gr.update(),) * 5
     return (
         f"Deleted `{dataset_id}`.",

@@ -11,9 +11,10 @@ import gradio as gr
 import pandas as pd
 
 import service
+from errors import UserError
 from finetune.train import final_metrics
 from storage.settings import Settings
-from storage.store import Job, JobState, Metric, Sample
+from storage.store import Job, JobKind, JobState, Metric, Sample
 
 REFRESH_S = 2.0
 LOG_LINES = 40
@@ -115,7 +116,7 @@ def progress_html(job: Job, metrics: list[Metric], position: int | None = None) 
         if job.resume_from:
             eta += f" · resumes from {job.resume_from}"
     elif job.state == JobState.RUNNING and total and job.step >= total:
-        eta = " · saving the adapter" if job.kind == "train" else " · finishing"
+        eta = " · saving the adapter" if job.kind == JobKind.TRAIN else " · finishing"
     elif job.state == JobState.RUNNING and total:
         seconds = _seconds_left(job, metrics, total)
         eta = f" · about {_duration(seconds)} left" if seconds is not None else " · starting"
@@ -306,7 +307,7 @@ def on_jobs_tick(settings: Settings, selected: str | None, state_filter: str | N
         if job.error_detail:
             error += f"\n\n```\n{job.error_detail[-3000:]}\n```"
     log = "\n".join(service.job_log(settings, job.id, LOG_LINES)["lines"])
-    if job.kind == "sweep":
+    if job.kind == JobKind.SWEEP:
         drawn = [sweep_curves(view, plot) for plot in CURVES]
         below = sweep_html(job, view.trials)
     else:
@@ -337,7 +338,7 @@ def button_states(job: Job | None, resumable: bool) -> list:
         gr.update(interactive=state in (JobState.QUEUED, JobState.RUNNING)),
         gr.update(interactive=stopped and resumable),
         gr.update(interactive=stopped),
-        gr.update(interactive=job is not None and job.kind in ("train", "sweep")),
+        gr.update(interactive=job is not None and job.kind in (JobKind.TRAIN, JobKind.SWEEP)),
         gr.update(interactive=job is not None and state != JobState.RUNNING),
     ]
 
@@ -364,7 +365,7 @@ def on_action_click(settings: Settings, action: str, job_id: str | None) -> str:
         if action == "delete":
             service.delete_job(settings, job_id)
             return f"Job `{job_id}` was deleted with its files. An adapter it wrote stays."
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Cannot {action}.** {exc}"
     raise ValueError(f"unknown action {action}")
 

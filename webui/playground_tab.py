@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 import service
+from errors import UserError
 from service.playground import MAX_ADAPTERS
 from storage.settings import Settings
 from webui.forms import base_model_dropdown
@@ -69,7 +70,7 @@ def on_send_click(
         histories = {"key": key, "turns": [[] for _ in ids]}
     try:
         if not ids:
-            raise ValueError("Pick adapters to compare, or keep the base model.")
+            raise UserError("Pick adapters to compare, or keep the base model.")
         gen = service.generation_params(
             {
                 "max_new_tokens": int(max_new_tokens or 64),
@@ -81,7 +82,7 @@ def on_send_click(
             }
         )
         model, entries = service.entries(settings, ids, base_model)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         yield (f"**Not sent.** {exc}", histories, *_chatbots(ids, names, histories, {}))
         return
     answers: dict[int, dict] = {}
@@ -91,7 +92,7 @@ def on_send_click(
             for answer in service.stream_answer(settings, model, entry, prompt, turns, gen):
                 answers[column] = answer
                 yield ("Generating…", histories, *_chatbots(ids, names, histories, answers, prompt))
-        except (ValueError, LookupError) as exc:
+        except UserError as exc:
             yield (f"**Stopped.** {exc}", histories, *_chatbots(ids, names, histories, answers))
             return
     for column in range(len(ids)):
@@ -145,7 +146,7 @@ def on_adapters_change(settings: Settings, adapter_ids: list[str] | None) -> str
     for adapter_id in adapter_ids or []:
         try:
             return service.training_system_prompt(settings, adapter_id)
-        except (ValueError, LookupError):
+        except UserError:
             return ""
     return ""
 

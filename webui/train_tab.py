@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 import service
+from errors import UserError
 from finetune.counts import linear_module_names
 from finetune.fields import SpecError
 from finetune.methods import ATTENTION_MODULES, METHODS, get_method
@@ -161,7 +162,7 @@ def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
         spec = read_form(form, data)
         spec["dataset_id"] = spec["dataset_id"] or "(none yet)"  # counts need no dataset
         est = service.estimate(settings, spec)
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Cannot count:** {exc}"
     return (
         f"Task: {TASKS[est['task']]}.\n\n"
@@ -253,7 +254,7 @@ def dataset_note(settings: Settings, spec: dict) -> str:
 def on_start_click(settings: Settings, form: TrainForm, data: dict) -> str:
     try:
         result = service.start_job(settings, read_form(form, data))
-    except (ValueError, LookupError) as exc:
+    except UserError as exc:
         return f"**Not started.** {exc}"
     if "trials" in result:
         return (
@@ -282,7 +283,7 @@ def on_base_model_change(settings: Settings, base_model: str, *current: list[str
     """Every target-module picker offers the chosen model's own linear layers."""
     try:
         names = linear_module_names(resolve_model(base_model, settings.models_dir))
-    except (ValueError, LookupError):
+    except UserError:
         return [gr.update() for _ in current]
     return [
         gr.update(choices=names, value=[n for n in chosen if n in names] or chosen)
@@ -296,7 +297,7 @@ def on_preset_change(settings: Settings, preset: str, base_model: str, chosen: l
         return gr.update()
     try:
         names = linear_module_names(resolve_model(base_model, settings.models_dir))
-    except (ValueError, LookupError):
+    except UserError:
         return gr.update()
     if preset == TARGET_PRESETS[1]:
         return gr.update(choices=names, value=names)
@@ -308,7 +309,7 @@ def method_choices(settings: Settings, base_model: str, current: str):
     """The methods that train the chosen model's task (the registry says which)."""
     try:
         config = load_config(resolve_model(base_model, settings.models_dir))
-    except (ValueError, LookupError):
+    except UserError:
         return gr.update()
     task = model_task(config)
     ids = [key for key, entry in METHODS.items() if task in entry.tasks]
