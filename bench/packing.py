@@ -46,10 +46,11 @@ def child(mode: str, args) -> dict:
 
     torch.set_num_threads(1)
     from finetune.evaluate import answer_losses
+    from finetune.examples import split_rows
     from finetune.generate import ModelCache
     from finetune.samples import chatterbot
     from finetune.spec import parse_spec
-    from finetune.train import Reporter, split_rows, train
+    from finetune.train import Reporter, train
 
     model_path = str(args.models_dir / MODEL)
     rows, held_out = split_rows(chatterbot()[0], 0.1, 42)

@@ -41,8 +41,8 @@ import service  # noqa: E402
 from bench.job_queue import start_worker  # noqa: E402
 from bench.methods import device  # noqa: E402
 from finetune.data import read_rows, write_rows  # noqa: E402
+from finetune.examples import split_rows  # noqa: E402
 from finetune.models import BUNDLED_NAME  # noqa: E402
-from finetune.train import split_rows  # noqa: E402
 from jobs.runner import stop  # noqa: E402
 from storage.settings import Settings  # noqa: E402
 from storage.store import JobState, Store  # noqa: E402

@@ -116,7 +116,7 @@ def combine_adapters(
     import torch
     from peft import PeftModel
 
-    from finetune.train import load_model
+    from finetune.models import load_model
 
     base, _ = load_model(base_path, trust_remote_code)
     names = [f"a{i}" for i in range(len(sources))]

@@ -72,7 +72,8 @@ def load_trained(base_path: str, folder: Path, trust_remote_code: bool = False, 
     folder, or a base with selected weights replaced."""
     import json
 
-    from finetune.train import LABELS_FILE, SELECTED_WEIGHTS, load_model
+    from finetune.models import load_model
+    from finetune.train import LABELS_FILE, SELECTED_WEIGHTS
 
     labels_file = folder / LABELS_FILE
     labels = json.loads(labels_file.read_text()) if labels_file.exists() else None
@@ -143,7 +144,7 @@ class ModelCache:
             return self._models[model_path]
         while len(self._models) >= self.capacity:
             self._models.popitem(last=False)
-        from finetune.train import load_model
+        from finetune.models import load_model
 
         model, tokenizer = load_model(model_path, trust_remote_code)
         model = _on_device(model).eval()

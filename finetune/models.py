@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from errors import UserError
+from finetune.tasks import SEQ_CLS, auto_class, label_kwargs, model_task
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 ENCODER_NAME = "all-MiniLM-L6-v2"  # the bundled encoder, for sequence classification
@@ -187,3 +188,50 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def device_settings() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported(), "use_cpu": False}
+    return {"bf16": False, "use_cpu": True}
+
+
+def load_model(
+    model_path: str,
+    trust_remote_code: bool = False,
+    quantization: dict | None = None,
+    labels: list[str] | None = None,
+    dtype=None,
+):
+    """The model (with the head its task needs; labels size a classifier) and tokenizer; with
+    quantization (bitsandbytes kwargs), the base in 4 / 8 bits made ready for k-bit training.
+    dtype: a torch dtype; by default bfloat16 where the GPU has it, else float32."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
+
+    if dtype is None:
+        dtype = torch.bfloat16 if device_settings()["bf16"] else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    task = model_task(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+    extra = {}
+    if quantization:
+        # A new classification head trains in full precision; it is not quantized.
+        skip = {"llm_int8_skip_modules": ["classifier", "score"]} if task == SEQ_CLS else {}
+        config = BitsAndBytesConfig(**quantization, **skip, bnb_4bit_compute_dtype=dtype)
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        extra = {"quantization_config": config, "device_map": {"": device}}
+    model = auto_class(task).from_pretrained(
+        model_path,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        **label_kwargs(labels),
+        **extra,
+    )
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model, tokenizer

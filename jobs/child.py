@@ -11,10 +11,11 @@ import traceback
 from pathlib import Path
 
 from finetune.data import common_system_prompt, read_rows
+from finetune.model_card import final_metrics, write_model_card
 from finetune.models import resolve_model
 from finetune.quiet import quiet_library_logs
 from finetune.spec import JobSpec, parse_spec
-from finetune.train import Reporter, TrainResult, final_metrics, train, write_model_card
+from finetune.train import Reporter, TrainResult, train
 from jobs.failures import plain_reason
 from jobs.runner import LOG_NAME, stop_with_parent
 from jobs.sweep import PROBE
@@ -173,6 +174,7 @@ def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
             dataset.name,
             final_metrics(reporter.history),
             common_system_prompt(rows),
+            result.task,
         )
         adapter = store.add_adapter(
             staged,

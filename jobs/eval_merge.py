@@ -7,10 +7,10 @@ import traceback
 
 from finetune.data import read_rows
 from finetune.evaluate import METRICS, evaluate, headline
+from finetune.examples import split_rows
 from finetune.generate import GenerationParams, ModelCache
 from finetune.merge import merge_into_base
 from finetune.models import resolve_model
-from finetune.train import split_rows
 from jobs.failures import plain_reason
 from storage.settings import Settings
 from storage.store import JobKind, JobState, Store

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,15 @@ from finetune.adapter_import import check_adapter, unpack_adapter_zip
 from finetune.combine import Source, combine_adapters
 from finetune.fields import SpecError
 from finetune.methods import get_method
+from finetune.model_card import write_card
 from finetune.models import resolve_model
 from storage.settings import Settings
 from storage.store import Adapter, Store, folder_bytes
 
 COMBINED_FILE = "combined.json"  # what a combined adapter was made of
+IMPORTED_TEXT = (
+    "Imported into AdapterLab from a .zip. Load it with `PeftModel.from_pretrained(base, folder)`."
+)
 
 
 def adapter_info(adapter: Adapter) -> dict[str, Any]:
@@ -92,7 +95,7 @@ def combine(
         }
         (staged / COMBINED_FILE).write_text(json.dumps(recipe, indent=2), encoding="utf-8")
         label = name or f"{method} of " + " + ".join(a.name for a in adapters)
-        _model_card(staged, label[:200], adapters[0].base_model, _combined_text(recipe))
+        write_card(staged, label[:200], adapters[0].base_model, _combined_text(recipe))
         adapter = store.add_adapter(
             staged,
             job_id=None,
@@ -129,7 +132,7 @@ def import_adapter(
         checked = check_adapter(staged, model, settings.allow_remote_code)
         label = (name or "").strip() or f"imported {path.stem}"
         if not (staged / "README.md").exists():
-            _model_card(staged, label[:200], base_model, "Imported into AdapterLab from a .zip.")
+            write_card(staged, label[:200], base_model, IMPORTED_TEXT)
         adapter = store.add_adapter(
             staged,
             job_id=None,
@@ -194,15 +197,9 @@ def _combined_text(recipe: dict) -> str:
     parts = "\n".join(
         f"- {s['name']} (`{s['adapter_id']}`), weight {s['weight']}" for s in recipe["sources"]
     )
-    return f"Combined by AdapterLab with PEFT's `{recipe['method']}` combination of:\n\n{parts}\n"
-
-
-def _model_card(folder: Path, name: str, base_model: str, body: str) -> None:
-    (folder / "README.md").write_text(
-        f"---\nbase_model: {base_model}\nlibrary_name: peft\ntags: [adapterlab]\n---\n"
-        f"# {name}\n\n{body}\n\nMade {time.strftime('%Y-%m-%d %H:%M')}. Load it with\n"
-        "`PeftModel.from_pretrained(base, folder)`.\n",
-        encoding="utf-8",
+    return (
+        f"Combined by AdapterLab with PEFT's `{recipe['method']}` combination of:\n\n{parts}\n\n"
+        "Load it with `PeftModel.from_pretrained(base, folder)`."
     )
 
 

@@ -13,7 +13,8 @@ import torch
 
 import service
 from finetune.methods import METHODS, Context, apply_method
-from finetune.train import load_model, save_trained
+from finetune.models import load_model
+from finetune.train import save_trained
 from service.playground import PLAYGROUND
 from storage.store import Store
 

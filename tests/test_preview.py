@@ -7,6 +7,7 @@ import json
 import pytest
 
 import service
+from finetune.examples import to_examples, to_prompt_completion
 from finetune.preview import (
     encode_row,
     encode_rows,
@@ -15,7 +16,6 @@ from finetune.preview import (
     render,
     token_lengths,
 )
-from finetune.train import to_examples, to_prompt_completion
 from storage.store import JobState
 from tests.conftest import bundled_models_dir
 

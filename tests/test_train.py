@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from finetune.data import DataError
+from finetune.examples import split_rows, to_prompt_completion
 from finetune.samples import arithmetic
 from finetune.spec import parse_spec
-from finetune.train import Reporter, split_rows, to_prompt_completion, train
+from finetune.train import Reporter, train
 
 
 class Recorder(Reporter):

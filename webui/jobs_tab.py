@@ -12,7 +12,7 @@ import pandas as pd
 
 import service
 from errors import UserError
-from finetune.train import final_metrics
+from finetune.model_card import final_metrics
 from storage.settings import Settings
 from storage.store import Job, JobKind, JobState, Metric, Sample
 
