@@ -13,8 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
+from config import Settings, add_arguments, from_args
 from finetune.quiet import quiet_library_logs
-from storage.settings import Settings, add_arguments, from_args
 from storage.store import Store
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -109,7 +109,7 @@ def serve(settings: Settings, with_worker: bool) -> None:
             css=CSS,
             show_error=True,
             quiet=True,  # our own line above says where it is; Gradio's adds share=True advice
-            allowed_paths=[str(settings.data_dir / "downloads")],
+            allowed_paths=[str(Store(settings.data_dir).downloads_dir)],
             max_file_size=f"{settings.max_upload_mb}mb",  # refused before it is stored
         )
     except KeyboardInterrupt:

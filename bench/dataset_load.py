@@ -188,7 +188,7 @@ def child_ours(path: Path, work: Path, models_dir: Path, options: dict, preview:
 
     torch.set_num_threads(1)
     import service
-    from storage.settings import Settings
+    from config import Settings
     from storage.store import Store
 
     meter = Meter()

@@ -43,14 +43,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import service  # noqa: E402
 from bench.methods import device  # noqa: E402
+from config import Settings  # noqa: E402
 from finetune.data import read_rows  # noqa: E402
 from finetune.models import resolve_model  # noqa: E402
 from finetune.quiet import quiet_library_logs  # noqa: E402
 from finetune.spec import parse_spec  # noqa: E402
 from finetune.train import Reporter, train  # noqa: E402
 from jobs.runner import stop  # noqa: E402
-from storage.settings import Settings  # noqa: E402
-from storage.store import Job, JobState, Store  # noqa: E402
+from storage.store import EVAL_FILE, ROWS_FILE, Job, JobState, Store  # noqa: E402
 from tests.tiny import build_tiny_model  # noqa: E402
 
 TRAINING = {
@@ -121,7 +121,7 @@ def _train_direct(settings: Settings, spec: dict, work: Path) -> dict:
     parsed = parse_spec(spec)
     store = Store(settings.data_dir)
     folder = store.dataset_dir(store.get_dataset(parsed.dataset_id).id)
-    rows, eval_rows = read_rows(folder / "rows.jsonl"), read_rows(folder / "eval.jsonl")
+    rows, eval_rows = read_rows(folder / ROWS_FILE), read_rows(folder / EVAL_FILE)
     reporter = _FirstStep()
     train(
         parsed,

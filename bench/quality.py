@@ -40,12 +40,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import service  # noqa: E402
 from bench.job_queue import start_worker  # noqa: E402
 from bench.methods import device  # noqa: E402
+from config import Settings  # noqa: E402
 from finetune.data import read_rows, write_rows  # noqa: E402
 from finetune.examples import split_rows  # noqa: E402
 from finetune.models import BUNDLED_NAME  # noqa: E402
 from jobs.runner import stop  # noqa: E402
-from storage.settings import Settings  # noqa: E402
-from storage.store import JobState, Store  # noqa: E402
+from storage.store import EVAL_FILE, ROWS_FILE, JobState, Store  # noqa: E402
 
 # sample -> (metric, group column, rows scored at most, new tokens per answer)
 EVALUATION = {
@@ -97,7 +97,7 @@ def plain_run(settings: Settings, dataset, job, minutes: float, work: Path) -> d
     """plain_trl.py on the rows the app's job trained on, with its LoRA settings."""
     store = Store(settings.data_dir)
     folder = store.dataset_dir(dataset.id)
-    rows, held_out = read_rows(folder / "rows.jsonl"), read_rows(folder / "eval.jsonl")
+    rows, held_out = read_rows(folder / ROWS_FILE), read_rows(folder / EVAL_FILE)
     t, params = job.spec["training"], job.spec["method_params"]
     if not held_out:
         rows, held_out = split_rows(rows, t["eval_fraction"], t["seed"])
@@ -155,9 +155,7 @@ def evaluate(settings: Settings, sample: str, dataset_id: str, adapters: list, w
 def answers(settings: Settings, dataset, adapters: list, count: int = 3) -> list[dict]:
     """A few held-out prompts answered by the base and each adapter, greedy (the playground)."""
     folder = Store(settings.data_dir).dataset_dir(dataset.id)
-    rows = (
-        read_rows(folder / "eval.jsonl") or split_rows(read_rows(folder / "rows.jsonl"), 0.1, 42)[1]
-    )
+    rows = read_rows(folder / EVAL_FILE) or split_rows(read_rows(folder / ROWS_FILE), 0.1, 42)[1]
     shown = []
     for row in rows[:count]:
         prompt = row["messages"][-2]["content"]

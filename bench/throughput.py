@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import service  # noqa: E402
+from config import Settings  # noqa: E402
 from finetune.data import write_rows  # noqa: E402
 from finetune.models import bundled_path  # noqa: E402
 from finetune.samples import arithmetic  # noqa: E402
-from storage.settings import Settings  # noqa: E402
 from storage.store import Store  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

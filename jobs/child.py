@@ -10,6 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from config import Settings, from_env
 from finetune.data import common_system_prompt, read_rows
 from finetune.model_card import final_metrics, write_model_card
 from finetune.models import resolve_model
@@ -19,7 +20,6 @@ from finetune.train import Reporter, TrainResult, train
 from jobs.failures import plain_reason
 from jobs.runner import LOG_NAME, stop_with_parent
 from jobs.sweep import PROBE
-from storage.settings import Settings, from_env
 from storage.store import JobKind, JobState, Store, folder_bytes
 
 
@@ -133,8 +133,8 @@ def run(settings: Settings, job_id: str, reporter: StoreReporter) -> JobState:
     scratch = None
     try:
         dataset = store.get_dataset(spec.dataset_id)
-        rows = read_rows(store.dataset_dir(dataset.id) / "rows.jsonl")
-        eval_rows = read_rows(store.dataset_dir(dataset.id) / "eval.jsonl")
+        rows = read_rows(store.rows_path(dataset.id))
+        eval_rows = read_rows(store.eval_path(dataset.id))
         model = resolve_model(spec.base_model, settings.models_dir)
         resume_from = resume_point(store, job)
         if resume_from is not None and first:

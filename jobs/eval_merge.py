@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import traceback
 
+from config import Settings
 from finetune.data import read_rows
 from finetune.evaluate import METRICS, evaluate, headline
 from finetune.examples import split_rows
@@ -12,8 +13,7 @@ from finetune.generate import GenerationParams, ModelCache
 from finetune.merge import merge_into_base
 from finetune.models import resolve_model
 from jobs.failures import plain_reason
-from storage.settings import Settings
-from storage.store import JobKind, JobState, Store
+from storage.store import EVAL_FILE, ROWS_FILE, JobKind, JobState, Store
 
 MERGED = "merged"  # the merged model's folder, inside the job's folder
 
@@ -24,12 +24,10 @@ def eval_rows(store: Store, spec: dict) -> list[dict]:
     held-out split its training jobs use (eval_fraction and seed as given)."""
     folder = store.dataset_dir(spec["dataset_id"])
     if spec.get("split") == "all":
-        return (read_rows(folder / "rows.jsonl") + read_rows(folder / "eval.jsonl"))[
-            : spec["max_rows"]
-        ]
-    rows = read_rows(folder / "eval.jsonl")
+        return (read_rows(folder / ROWS_FILE) + read_rows(folder / EVAL_FILE))[: spec["max_rows"]]
+    rows = read_rows(folder / EVAL_FILE)
     if not rows:
-        _, rows = split_rows(read_rows(folder / "rows.jsonl"), spec["eval_fraction"], spec["seed"])
+        _, rows = split_rows(read_rows(folder / ROWS_FILE), spec["eval_fraction"], spec["seed"])
     return rows[: spec["max_rows"]]
 
 

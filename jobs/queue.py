@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from huey import Huey, RedisHuey, SqliteHuey
 from huey.api import TaskWrapper
 
-from storage.settings import Settings
+from config import Settings
 from storage.store import Job, JobKind, JobState, Store
 
 

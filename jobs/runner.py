@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+from config import Settings
 from jobs import forkserver
 from jobs.failures import explain_exit
 from jobs.forkserver import ForkServer
 from jobs.sweep import advance
-from storage.settings import Settings
 from storage.store import JobState, Store
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

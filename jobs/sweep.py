@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from config import Settings
 from finetune import search as searches
 from finetune.fields import SpecError
 from finetune.spec import JobSpec, parse_spec
 from jobs.queue import submit_job
-from storage.settings import Settings
 from storage.store import Job, JobKind, JobState, Store
 
 PROBE = "probe"  # an auto search's trial: measured, no adapter kept

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from config import Settings
 from jobs.queue import get_queue, requeue_waiting
 from jobs.runner import fork_server, run_next, worker_devices
 from jobs.sweep import advance_all
-from storage.settings import Settings
 from storage.store import Store
 
 

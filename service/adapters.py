@@ -14,13 +14,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from config import Settings
 from finetune.adapter_import import check_adapter, unpack_adapter_zip
 from finetune.combine import Source, combine_adapters
 from finetune.fields import SpecError
 from finetune.methods import get_method
 from finetune.model_card import write_card
 from finetune.models import resolve_model
-from storage.settings import Settings
 from storage.store import Adapter, Store, folder_bytes
 
 COMBINED_FILE = "combined.json"  # what a combined adapter was made of
@@ -211,7 +211,7 @@ def download_adapter(settings: Settings, adapter_id: str) -> Path:
     """The adapter folder as a .zip (adapter files, model card, recipe), built once."""
     store = Store(settings.data_dir)
     adapter = store.get_adapter(adapter_id)
-    target = store.data_dir / "downloads" / f"{adapter.id}.zip"
+    target = store.download_path(f"{adapter.id}.zip")
     return zip_once(store.adapter_dir(adapter.id), target, adapter.id)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from config import Settings
 from errors import UserError
 from finetune.data import (
     DETECT_SAMPLE,
@@ -45,8 +46,7 @@ from finetune.sources import (
     suffix_of,
 )
 from finetune.spec import TRAINING_FIELDS
-from storage.settings import Settings
-from storage.store import Dataset, InUse, Store
+from storage.store import EVAL_FILE, PROBLEMS_FILE, ROWS_FILE, Dataset, InUse, Store
 
 PREVIEW_EXAMPLES = 3
 BAD_ROWS_KEPT = 1000  # problems returned and stored per upload; the count is always exact
@@ -347,10 +347,10 @@ def upload_dataset(
             stored = f"{kind}-{i}{suffix_of(shown)}"  # our name; the user's only picked a reader
             shutil.copyfile(path, staging / stored)
             originals.append(stored)
-        write_lines(parsed.lines, staging / "rows.jsonl")
+        write_lines(parsed.lines, staging / ROWS_FILE)
         if eval_parsed is not None:
-            write_lines(eval_parsed.lines, staging / "eval.jsonl")
-        (staging / "problems.json").write_text(
+            write_lines(eval_parsed.lines, staging / EVAL_FILE)
+        (staging / PROBLEMS_FILE).write_text(
             json.dumps(problems_json(problems[:BAD_ROWS_KEPT]), ensure_ascii=False),
             encoding="utf-8",
         )
@@ -383,7 +383,7 @@ def upload_dataset(
 
 
 def _stored_problems(store: Store, dataset_id: str) -> list[dict]:
-    path = store.dataset_dir(dataset_id) / "problems.json"
+    path = store.problems_path(dataset_id)
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
 
 
@@ -430,7 +430,7 @@ def preview_dataset(
     store = Store(settings.data_dir)
     dataset = store.get_dataset(dataset_id)
     folder = store.dataset_dir(dataset.id)
-    first, sample, total = sample_rows(folder / "rows.jsonl", examples, STATS_SAMPLE)
+    first, sample, total = sample_rows(folder / ROWS_FILE, examples, STATS_SAMPLE)
     out: dict[str, Any] = {
         "dataset": dataset_info(dataset),
         "rows": first,
@@ -467,7 +467,7 @@ def longest_row(data_dir: Path, dataset_id: str, model_path: str, trust: bool) -
     from finetune.preview import STATS_SAMPLE, load_tokenizer, token_lengths
 
     store = Store(data_dir)
-    _, sample, _ = sample_rows(store.dataset_dir(dataset_id) / "rows.jsonl", 0, STATS_SAMPLE)
+    _, sample, _ = sample_rows(store.rows_path(dataset_id), 0, STATS_SAMPLE)
     return max(token_lengths(load_tokenizer(model_path, trust), sample), default=0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from config import Settings
 from errors import UserError
 from finetune.data import group_columns, read_rows
 from finetune.evaluate import check_metric, default_metric
@@ -15,8 +16,7 @@ from finetune.tasks import model_task
 from jobs.eval_merge import eval_rows
 from jobs.queue import submit_job
 from service.playground import entries
-from storage.settings import Settings
-from storage.store import JobKind, Store
+from storage.store import EVAL_FILE, ROWS_FILE, JobKind, Store
 
 MAX_EVAL_ROWS = 2000
 _TRAINING_DEFAULTS = {f.name: f.default for f in TRAINING_FIELDS}
@@ -100,7 +100,7 @@ def _group_by(store: Store, dataset, column) -> str | None:
     columns = dataset.stats.get("group_columns")
     if columns is None:  # a dataset stored before rows kept their other columns
         folder = store.dataset_dir(dataset.id)
-        columns = group_columns(read_rows(folder / "rows.jsonl") + read_rows(folder / "eval.jsonl"))
+        columns = group_columns(read_rows(folder / ROWS_FILE) + read_rows(folder / EVAL_FILE))
     if column not in columns:
         known = f"its columns: {', '.join(columns)}" if columns else "it has no other columns"
         raise SpecError(
@@ -110,7 +110,7 @@ def _group_by(store: Store, dataset, column) -> str | None:
 
 
 def _has_own_eval(store: Store, dataset_id: str) -> bool:
-    path = store.dataset_dir(dataset_id) / "eval.jsonl"
+    path = store.eval_path(dataset_id)
     return path.is_file() and path.stat().st_size > 0
 
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from config import Settings
 from errors import UserError
 from jobs.queue import submit_job, wake
 from jobs.runner import LOG_NAME
 from jobs.sweep import advance, cancel_sweep, trial_rows
-from storage.settings import Settings
 from storage.store import Job, JobKind, JobState, Metric, Sample, Store
 
 MAX_LOG_LINES = 2000

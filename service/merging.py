@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from config import Settings
 from errors import UserError
 from finetune.merge import check_merge
 from jobs.eval_merge import MERGED
 from jobs.queue import submit_job
 from service.adapters import zip_once
-from storage.settings import Settings
 from storage.store import JobKind, JobState, Store
 
 
@@ -35,7 +35,7 @@ def download_merged(settings: Settings, job_id: str) -> Path:
     folder = store.job_dir(job.id) / MERGED
     if job.state != JobState.SUCCEEDED or not folder.is_dir():
         raise UserError(f"Job {job_id} is {job.state.value}: no merged model to download yet.")
-    return zip_once(folder, store.data_dir / "downloads" / f"merged-{job.id}.zip", "merged")
+    return zip_once(folder, store.download_path(f"merged-{job.id}.zip"), "merged")
 
 
 def merged_models(settings: Settings) -> list[dict[str, Any]]:

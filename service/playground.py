@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from config import Settings
 from errors import UserError
 from finetune.data import common_system_prompt, read_rows
 from finetune.generate import GenerationParams, ModelCache, Turn
 from finetune.models import resolve_model
-from storage.settings import Settings
-from storage.store import NotFound, Store
+from storage.store import ROWS_FILE, NotFound, Store
 
 PLAYGROUND = ModelCache(capacity=1)  # the web process's one model cache
 MAX_ADAPTERS = 4  # beside the base model
@@ -166,4 +166,4 @@ def training_system_prompt(settings: Settings, adapter_id: str) -> str:
         folder = store.dataset_dir(store.get_dataset(dataset_id).id)
     except NotFound:
         return ""
-    return common_system_prompt(read_rows(folder / "rows.jsonl"))
+    return common_system_prompt(read_rows(folder / ROWS_FILE))

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
+from config import Settings
 from finetune.counts import count_parameters, fitted_params
 from finetune.fields import SpecError
 from finetune.memory import current_device, estimate_memory
@@ -16,7 +17,6 @@ from finetune.spec import JobSpec, check_training, parse_spec
 from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, model_task
 from jobs.queue import submit_job
 from jobs.sweep import start_sweep
-from storage.settings import Settings
 from storage.store import Store
 
 

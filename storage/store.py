@@ -16,6 +16,12 @@ from pathlib import Path
 from errors import Missing, UserError
 from storage.db import connect, migrate
 
+# The files in a dataset's folder (the names nobody else spells), and the downloads' folder.
+ROWS_FILE = "rows.jsonl"
+EVAL_FILE = "eval.jsonl"
+PROBLEMS_FILE = "problems.json"
+DOWNLOADS = "downloads"
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -219,6 +225,28 @@ class Store:
     # ---- paths: always built from our own ids ----
     def dataset_dir(self, dataset_id: str) -> Path:
         return self.data_dir / "datasets" / check_id(dataset_id, "ds")
+
+    def rows_path(self, dataset_id: str) -> Path:
+        """A dataset's normalized training rows (JSONL)."""
+        return self.dataset_dir(dataset_id) / ROWS_FILE
+
+    def eval_path(self, dataset_id: str) -> Path:
+        """Its own held-out rows, when it was uploaded with an eval file (else an empty file)."""
+        return self.dataset_dir(dataset_id) / EVAL_FILE
+
+    def problems_path(self, dataset_id: str) -> Path:
+        """The rows its upload dropped, and why."""
+        return self.dataset_dir(dataset_id) / PROBLEMS_FILE
+
+    def download_path(self, name: str) -> Path:
+        """A built .zip that browsers download (name: our ids only)."""
+        if not re.fullmatch(r"[\w.-]+\.zip", name) or name.startswith("."):
+            raise ValueError(f"not a download name: {name!r}")
+        return self.downloads_dir / name
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.data_dir / DOWNLOADS
 
     def job_dir(self, job_id: str) -> Path:
         return self.data_dir / "jobs" / check_id(job_id, "job")

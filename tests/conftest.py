@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from storage.settings import Settings
+from config import Settings
 from storage.store import Store
 from tests.tiny import build_tiny_bert, build_tiny_model, build_tiny_t5
 

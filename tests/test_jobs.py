@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 import service
+from config import Settings
 from finetune.samples import ARITHMETIC_SYSTEM
-from storage.settings import Settings
 from storage.store import JobState, Store
 from tests.conftest import PROJECT_ROOT
 

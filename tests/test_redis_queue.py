@@ -13,9 +13,9 @@ import pytest
 import redis
 
 import service
+from config import Settings
 from jobs.queue import make_huey
 from jobs.runner import stop
-from storage.settings import Settings
 from storage.store import JobState, Store
 from tests.conftest import PROJECT_ROOT
 from tests.test_jobs import new_settings, wait_finished, wait_until

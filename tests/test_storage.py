@@ -176,3 +176,10 @@ def test_the_journal_mode_follows_the_setting(tmp_path):
     assert mode() == "delete"
     with pytest.raises(ValueError, match="ADAPTERLAB_DB_JOURNAL: must be wal or delete"):
         store.init("memory")
+
+
+@pytest.mark.parametrize("name", ["../app.db.zip", "a/b.zip", ".hidden.zip", "x.tar", ""])
+def test_a_download_name_is_ours_or_refused(store, name):
+    with pytest.raises(ValueError, match="not a download name"):
+        store.download_path(name)
+    assert store.download_path("ad-0123456789ab.zip").parent == store.downloads_dir

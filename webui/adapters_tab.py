@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import gradio as gr
 
 import service
+from config import Settings
 from errors import UserError
 from finetune.combine import COMBINATIONS, WITH_DENSITY
 from finetune.merge import DTYPES
-from storage.settings import Settings
 from webui.forms import base_model_dropdown
 
 HEADERS = ["name", "id", "origin", "method", "base model", "trainable", "size on disk"]

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 import service
-from storage.settings import Settings
+from config import Settings
 from webui.errors import guarded
 
 

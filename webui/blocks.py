@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 import service
-from storage.settings import Settings
+from config import Settings
 from webui.adapters_tab import build_adapters_tab
 from webui.api import register_api
 from webui.compare_tab import build_compare_tab

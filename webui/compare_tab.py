@@ -8,9 +8,9 @@ import gradio as gr
 import pandas as pd
 
 import service
+from config import Settings
 from errors import UserError
 from finetune.evaluate import METRICS
-from storage.settings import Settings
 from storage.store import JobKind, Store
 from webui.data_tab import dataset_choices
 from webui.playground_tab import adapter_choices

@@ -11,11 +11,11 @@ from typing import Any
 import gradio as gr
 
 import service
+from config import Settings
 from errors import UserError
 from finetune.data import SCHEMAS, BadRows, problems_json
 from finetune.samples import SAMPLES
 from finetune.sources import ARCHIVES, SUFFIXES
-from storage.settings import Settings
 from webui.forms import base_model_dropdown
 
 SLOTS = max(len(s.fields) + len(s.optional) for s in SCHEMAS.values())  # mapping dropdowns

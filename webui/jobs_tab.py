@@ -11,9 +11,9 @@ import gradio as gr
 import pandas as pd
 
 import service
+from config import Settings
 from errors import UserError
 from finetune.model_card import final_metrics
-from storage.settings import Settings
 from storage.store import Job, JobKind, JobState, Metric, Sample
 
 REFRESH_S = 2.0

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import gradio as gr
 
 import service
+from config import Settings
 from errors import UserError
 from service.playground import MAX_ADAPTERS
-from storage.settings import Settings
 from webui.forms import base_model_dropdown
 
 COLUMNS = 1 + MAX_ADAPTERS  # the base, then the adapters

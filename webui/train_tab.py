@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 import service
+from config import Settings
 from errors import UserError
 from finetune.counts import linear_module_names
 from finetune.fields import SpecError
@@ -17,7 +18,6 @@ from finetune.models import load_config, resolve_model
 from finetune.search import trials
 from finetune.spec import TRAINING_FIELDS, parse_spec
 from finetune.tasks import TASKS, model_task
-from storage.settings import Settings
 from storage.store import Store
 from webui.data_tab import dataset_choices
 from webui.forms import base_model_dropdown, field_component, read_values
