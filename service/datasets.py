@@ -115,6 +115,11 @@ def limits(settings: Settings) -> Limits:
     )
 
 
+def get_dataset(settings: Settings, dataset_id: str) -> dict[str, Any]:
+    """One dataset, as /list_datasets lists it (NotFound for an unknown id)."""
+    return dataset_info(Store(settings.data_dir).get_dataset(dataset_id))
+
+
 def dataset_info(dataset: Dataset) -> dict[str, Any]:
     return {
         "id": dataset.id,

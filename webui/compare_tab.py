@@ -11,7 +11,7 @@ import service
 from config import Settings
 from errors import UserError
 from finetune.evaluate import METRICS
-from storage.store import JobKind, Store
+from storage.store import JobKind
 from webui.data_tab import dataset_choices
 from webui.playground_tab import adapter_choices
 
@@ -62,9 +62,9 @@ def tradeoff_rows(settings: Settings, adapter_ids: list[str] | None) -> list[lis
 
 def evaluation_choices(settings: Settings) -> list[tuple[str, str]]:
     return [
-        (f"{j.name} · {j.id}", j.id)
-        for j in Store(settings.data_dir).list_jobs()
-        if j.kind == JobKind.EVALUATE
+        (f"{j['name']} · {j['job_id']}", j["job_id"])
+        for j in service.list_jobs(settings)
+        if j["kind"] == JobKind.EVALUATE
     ]
 
 
@@ -108,10 +108,10 @@ NO_GROUP = "(no split)"
 def group_choices(settings: Settings, dataset_id: str | None):
     """The columns an evaluation on this dataset can be split by; the first one chosen."""
     try:
-        dataset = Store(settings.data_dir).get_dataset(dataset_id) if dataset_id else None
-    except LookupError:
+        dataset = service.get_dataset(settings, dataset_id) if dataset_id else None
+    except UserError:
         dataset = None
-    columns = list(dataset.stats.get("group_columns") or []) if dataset else []
+    columns = list(dataset["stats"].get("group_columns") or []) if dataset else []
     return gr.update(choices=[NO_GROUP, *columns], value=columns[0] if columns else NO_GROUP)
 
 
@@ -124,7 +124,7 @@ def on_results_show(settings: Settings, job_id: str | None, only_differing: bool
         results = service.evaluation_results(settings, job_id)
     except UserError as exc:
         return (*empty[:3], f"**{exc}**")
-    names = {a.id: a.name for a in Store(settings.data_dir).list_adapters()}
+    names = {a["id"]: a["name"] for a in service.list_adapters(settings)}
     label = lambda a: BASE if a is None else f"{names.get(a, a)} · {a}"  # noqa: E731
     status = f"**{results['status']}** · {results['step']} of {results['total_steps'] or '?'}"
     if results["error"]:
@@ -191,10 +191,10 @@ def on_results_tick(settings: Settings, job_id: str | None, only_differing: bool
     import time
 
     try:
-        job = Store(settings.data_dir).get_job(job_id) if job_id else None
-    except LookupError:
+        job = service.job_status(settings, job_id) if job_id else None
+    except UserError:
         job = None
-    if job is None or (job.finished_at and time.time() - job.finished_at > 10):
+    if job is None or (job["finished_at"] and time.time() - job["finished_at"] > 10):
         return tuple(gr.skip() for _ in range(4))
     return on_results_show(settings, job_id, only_differing)
 

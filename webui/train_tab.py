@@ -18,7 +18,6 @@ from finetune.models import load_config, resolve_model
 from finetune.search import trials
 from finetune.spec import TRAINING_FIELDS, parse_spec
 from finetune.tasks import TASKS, model_task
-from storage.store import Store
 from webui.data_tab import dataset_choices
 from webui.forms import base_model_dropdown, field_component, read_values
 
@@ -239,16 +238,17 @@ def _megabytes(n: int) -> str:
 def dataset_note(settings: Settings, spec: dict) -> str:
     """Which rows the job will train and evaluate on."""
     try:
-        dataset = Store(settings.data_dir).get_dataset(spec["dataset_id"])
-    except LookupError:
+        dataset = service.get_dataset(settings, spec["dataset_id"])
+    except UserError:
         return ""
-    if dataset.eval_rows:
+    rows, eval_rows = dataset["rows"], dataset["eval_rows"]
+    if eval_rows:
         return (
-            f"\n\nDataset: {dataset.rows:,} training rows and its own eval split of "
-            f"{dataset.eval_rows:,} rows (the eval fraction is not used)."
+            f"\n\nDataset: {rows:,} training rows and its own eval split of "
+            f"{eval_rows:,} rows (the eval fraction is not used)."
         )
-    held = int(dataset.rows * (spec["training"].get("eval_fraction") or 0))
-    return f"\n\nDataset: {dataset.rows:,} rows; the eval fraction holds out {held:,} of them."
+    held = int(rows * (spec["training"].get("eval_fraction") or 0))
+    return f"\n\nDataset: {rows:,} rows; the eval fraction holds out {held:,} of them."
 
 
 def on_start_click(settings: Settings, form: TrainForm, data: dict) -> str:
@@ -273,9 +273,9 @@ TARGET_PRESETS = ("attention (q, k, v, o)", "all linear layers", "custom")
 
 def adapter_start_choices(settings: Settings) -> list[tuple[str, str]]:
     """A new adapter, or any adapter of ours to train further."""
-    adapters = Store(settings.data_dir).list_adapters()
     return [(NEW_ADAPTER, NEW_ADAPTER)] + [
-        (f"{a.name} · {a.method} · {a.id}", a.id) for a in adapters
+        (f"{a['name']} · {a['method']} · {a['id']}", a["id"])
+        for a in service.list_adapters(settings)
     ]
 
 
