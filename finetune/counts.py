@@ -13,7 +13,7 @@ from finetune.methods import (
     linear_names,
     trainable_counts,
 )
-from finetune.models import load_config
+from finetune.models import ModelError, load_config
 from finetune.tasks import auto_class, label_kwargs, model_task
 
 FLOAT32_BYTES = 4
@@ -37,10 +37,13 @@ def _meta_model(model: str, trust_remote_code: bool, labels: list[str] | None = 
     config = load_config(model, trust_remote_code)
     for key, value in label_kwargs(labels).items():
         setattr(config, key, value)
-    with torch.device("meta"):
-        return auto_class(model_task(config)).from_config(
-            config, trust_remote_code=trust_remote_code
-        )
+    try:
+        with torch.device("meta"):
+            return auto_class(model_task(config)).from_config(
+                config, trust_remote_code=trust_remote_code
+            )
+    except ValueError as exc:  # "Unrecognized configuration class": no text model of this kind
+        raise ModelError(f"base_model: {model}: {exc}") from None
 
 
 def count_parameters(

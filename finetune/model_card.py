@@ -28,16 +28,17 @@ def write_card(
     base_model: str,
     body: str,
     tags: tuple[str, ...] = (),
-    task: str = CAUSAL_LM,
+    task: str | None = None,
     library: str = "peft",
 ) -> None:
-    """README.md of an adapter or model folder, with the metadata the Hub reads."""
+    """README.md of an adapter or model folder, with the metadata the Hub reads (task: the
+    model's, for the Hub's pipeline tag; None where it is not known)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(
         base_model=base_model,
         library_name=library,
-        pipeline_tag=TASKS[task][1],
+        pipeline_tag=TASKS[task][1] if task else None,
         tags=["adapterlab", *tags],
     )
     card = ModelCard.from_template(data, template_str=TEMPLATE, title=title, body=body.strip())

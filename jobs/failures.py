@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from finetune.data import DataError
-from finetune.fields import SpecError
-from finetune.models import ModelError
+from errors import UserError
 from storage.store import JobKind
 
 # What to change when a job's process is killed for memory, by the job's kind.
@@ -39,7 +37,7 @@ def explain_exit(code: int, checkpoint: str | None = None, kind: str = "train") 
 def plain_reason(exc: BaseException, kind: str = "train") -> str:
     """One sentence a user can act on, for the failures we know (kind: the job's kind)."""
     text = str(exc)
-    if isinstance(exc, ModelError | SpecError | DataError):
+    if isinstance(exc, UserError):  # SpecError, DataError, ModelError, NotFound, ...
         return text
     if "out of memory" in text.lower() or isinstance(exc, MemoryError):
         where = "GPU" if "cuda" in text.lower() else "machine"

@@ -38,7 +38,6 @@ def start_sweep(settings: Settings, spec: JobSpec, name: str, dataset_id: str) -
         dataset_id,
         kind=JobKind.SWEEP,
     )
-    store.claim_job(parent.id, worker="")
     store.update_job(parent.id, total_steps=len(chosen) + (spec.search["mode"] == "auto"), step=0)
     role = PROBE if spec.search["mode"] == "auto" else TRIAL
     for i, (values, trial) in enumerate(zip(chosen, specs, strict=True), start=1):
@@ -52,6 +51,10 @@ def start_sweep(settings: Settings, spec: JobSpec, name: str, dataset_id: str) -
             parent_id=parent.id,
             role=role,
         )
+    # Running only now that its trials exist: a sweep advanced before they did would find none
+    # to compare and fail. Trials that already ended moved nothing on: advance it once here.
+    store.claim_job(parent.id, worker="")
+    advance(settings, parent.id)
     return store.get_job(parent.id)
 
 
@@ -81,6 +84,8 @@ def advance(settings: Settings, parent_id: str) -> None:
     if parent.kind != JobKind.SWEEP or parent.state != JobState.RUNNING:
         return
     children = store.children(parent.id)
+    if not children:  # being set up (start_sweep queues its trials first)
+        return
     store.update_job(parent.id, step=sum(c.state.finished for c in children))
     if any(not c.state.finished for c in children):
         return

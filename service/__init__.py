@@ -1,8 +1,9 @@
 """The service layer: every user action as one plain function, the one place where it happens.
 
 The tabs, the named API endpoints and the benchmarks call these; each takes the Settings and
-plain values, returns plain data, and raises ValueError / LookupError with a message meant for
-the user (webui.api turns those into client errors). Below this: jobs, finetune and storage.
+plain values, returns plain data, and raises errors.UserError with a message meant for the user
+(webui.errors shows it as it is; anything else is an internal error). Below this: jobs,
+finetune and storage.
 """
 
 from service.adapters import (

@@ -1,6 +1,6 @@
 """Adapters besides training them: list, combine several, import one from a .zip, push, download.
 
-A user's mistake raises ValueError / LookupError with the message to show, and leaves nothing
+A user's mistake raises a UserError with the message to show, and leaves nothing
 behind.
 """
 

@@ -1,6 +1,6 @@
 """Dataset actions (upload, samples, preview, list, delete), as the Data tab and the API call them.
 
-Plain values in, plain data out, ValueError / LookupError with a message meant
+Plain values in, plain data out, a UserError with a message meant
 for the user. An upload is read, checked and normalized completely before anything is written;
 then its folder and its row appear together, or not at all.
 """
@@ -216,6 +216,11 @@ def _check_lengths(settings: Settings, parsed: Parsed, opts: UploadOptions) -> N
     from finetune.preview import token_lengths
 
     tokenizer = tokenizer_of(settings, opts.base_model)
+    if tokenizer.chat_template is None and any("messages" in r for r in parsed.rows):
+        raise UserError(
+            f"options.base_model: {opts.base_model} has no chat template, so chat rows cannot "
+            "be measured in its tokens; pick a chat model, or no model (no length check)."
+        )
     lengths = token_lengths(tokenizer, parsed.rows)
     bad = {
         key: Problem(

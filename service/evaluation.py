@@ -70,7 +70,12 @@ def start_evaluation(
         "seed": split[1] if options["seed"] is None else _whole(options["seed"], "seed", 0, 2**31),
         "group_by": _group_by(store, dataset, options["group_by"]),
     }
-    if not 0 < float(spec["eval_fraction"]) <= 0.5:
+    fraction = spec["eval_fraction"]
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, int | float)
+        or not 0 < fraction <= 0.5
+    ):
         raise SpecError("options.eval_fraction: must be above 0 and at most 0.5")
     rows = eval_rows(store, spec)
     if not rows:

@@ -1,5 +1,5 @@
 """What can be done with jobs: list, status, view, reorder, cancel, resume, retry, clone, delete,
-log. A user's mistake raises ValueError / LookupError with the message to show.
+log. A user's mistake raises a UserError with the message to show.
 """
 
 from __future__ import annotations

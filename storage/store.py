@@ -480,7 +480,7 @@ class Store:
             )
         if cur.rowcount == 0:
             state = self.get_job(job_id).state.value
-            raise ValueError(
+            raise UserError(
                 f"Job {job_id} is {state}; only an ended job that did not succeed can run again."
             )
 

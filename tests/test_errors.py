@@ -72,3 +72,14 @@ def test_service_refusals_are_user_errors(settings):
         service.job_status(settings, "job-000000000000")
     with pytest.raises(UserError, match="lines"):
         service.job_log(settings, "job-000000000000", 0)
+
+
+def test_an_upload_checked_with_a_model_without_chat_template_is_refused_plainly(
+    settings, tiny_bert, tmp_path
+):
+    shutil.copytree(tiny_bert, settings.models_dir / "encoder")
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"prompt": "Hi?", "completion": "Hello."}\n' * 3, encoding="utf-8")
+    with pytest.raises(UserError, match="options.base_model: encoder has no chat template"):
+        service.upload_dataset(settings, [str(data)], "chat", {"base_model": "encoder"})
+    assert service.list_datasets(settings) == []

@@ -179,3 +179,16 @@ def test_random_trials_are_seeded_draws_within_the_ranges():
     assert {t["method_params.lora_dropout"] for t in drawn} <= {0.0, 0.1}
     trial = with_values(parsed.__dict__, drawn[0], 0.25)
     assert trial["training"]["max_minutes"] == 1.5 and trial["search"] is None
+
+
+def test_a_sweep_advanced_before_its_trials_exist_keeps_waiting(settings):
+    """CI saw a search fail with "No trial finished" before its trials were queued: a sweep
+    with no trials yet is being set up, not finished."""
+    from jobs.sweep import advance
+    from storage.store import JobKind
+
+    store = Store(settings.data_dir)
+    parent = store.add_job("search", {"search": {"mode": "auto"}}, None, kind=JobKind.SWEEP)
+    store.claim_job(parent.id)
+    advance(settings, parent.id)
+    assert store.get_job(parent.id).state == JobState.RUNNING
