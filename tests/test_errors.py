@@ -80,6 +80,6 @@ def test_an_upload_checked_with_a_model_without_chat_template_is_refused_plainly
     shutil.copytree(tiny_bert, settings.models_dir / "encoder")
     data = tmp_path / "chat.jsonl"
     data.write_text('{"prompt": "Hi?", "completion": "Hello."}\n' * 3, encoding="utf-8")
-    with pytest.raises(UserError, match="options.base_model: encoder has no chat template"):
+    with pytest.raises(UserError, match=r"options\.base_model: encoder has no chat template"):
         service.upload_dataset(settings, [str(data)], "chat", {"base_model": "encoder"})
     assert service.list_datasets(settings) == []
