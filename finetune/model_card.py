@@ -8,17 +8,17 @@ from pathlib import Path
 
 from finetune.methods import get_method
 from finetune.spec import JobSpec
-from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS
+from finetune.tasks import AUTO_CLASSES, CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS
 from finetune.train import LABELS_FILE, SELECTED_WEIGHTS
 
 CARD = "README.md"
 RECIPE = "recipe.json"
 TEMPLATE = "---\n{{ card_data }}\n---\n# {{ title }}\n\n{{ body }}\n"
-# The transformers class, the Hub's pipeline tag and how the snippet asks, by task.
-TASKS = {
-    CAUSAL_LM: ("AutoModelForCausalLM", "text-generation"),
-    SEQ_2_SEQ_LM: ("AutoModelForSeq2SeqLM", "text2text-generation"),
-    SEQ_CLS: ("AutoModelForSequenceClassification", "text-classification"),
+# The Hub's pipeline tag of each task.
+PIPELINE_TAGS = {
+    CAUSAL_LM: "text-generation",
+    SEQ_2_SEQ_LM: "text2text-generation",
+    SEQ_CLS: "text-classification",
 }
 
 
@@ -38,7 +38,7 @@ def write_card(
     data = ModelCardData(
         base_model=base_model,
         library_name=library,
-        pipeline_tag=TASKS[task][1] if task else None,
+        pipeline_tag=PIPELINE_TAGS[task] if task else None,
         tags=["adapterlab", *tags],
     )
     card = ModelCard.from_template(data, template_str=TEMPLATE, title=title, body=body.strip())
@@ -102,7 +102,7 @@ def load_snippet(
     writes: str, base_path: str, dtype: str, task: str = CAUSAL_LM, system_prompt: str = ""
 ) -> str:
     """Python that loads what a run wrote ("path/to/this/folder") and asks it one question."""
-    auto = TASKS[task][0]
+    auto = AUTO_CLASSES[task]
     lines = ["import torch", f"from transformers import {auto}, AutoTokenizer"]
     labels = ""
     if task == SEQ_CLS:  # the head's outputs, in order

@@ -43,17 +43,18 @@ def model_task(config: Any) -> str:
     return CAUSAL_LM
 
 
+# transformers' Auto class of each task (by name: importing transformers is slow)
+AUTO_CLASSES = {
+    CAUSAL_LM: "AutoModelForCausalLM",
+    SEQ_2_SEQ_LM: "AutoModelForSeq2SeqLM",
+    SEQ_CLS: "AutoModelForSequenceClassification",
+}
+
+
 def auto_class(task: str):
     import transformers
 
-    return getattr(
-        transformers,
-        {
-            CAUSAL_LM: "AutoModelForCausalLM",
-            SEQ_2_SEQ_LM: "AutoModelForSeq2SeqLM",
-            SEQ_CLS: "AutoModelForSequenceClassification",
-        }[task],
-    )
+    return getattr(transformers, AUTO_CLASSES[task])
 
 
 def label_kwargs(labels: list[str] | None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from finetune.adapter_import import check_adapter, unpack_adapter_zip
 from finetune.combine import Source, combine_adapters
 from finetune.fields import SpecError
 from finetune.methods import get_method
-from finetune.model_card import write_card
+from finetune.model_card import CARD, write_card
 from finetune.models import resolve_model
 from storage.store import Adapter, Store, folder_bytes
 
@@ -131,7 +131,7 @@ def import_adapter(
         ignored = unpack_adapter_zip(path, staged, settings.max_upload_mb * 2**20)
         checked = check_adapter(staged, model, settings.allow_remote_code)
         label = (name or "").strip() or f"imported {path.stem}"
-        if not (staged / "README.md").exists():
+        if not (staged / CARD).exists():
             write_card(staged, label[:200], base_model, IMPORTED_TEXT)
         adapter = store.add_adapter(
             staged,

@@ -12,6 +12,7 @@ from finetune.counts import count_parameters, fitted_params
 from finetune.fields import SpecError
 from finetune.memory import current_device, estimate_memory
 from finetune.methods import get_method
+from finetune.model_card import RECIPE
 from finetune.models import load_config, resolve_model
 from finetune.spec import JobSpec, check_training, parse_spec
 from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, model_task
@@ -169,7 +170,7 @@ def continued(settings: Settings, spec: JobSpec) -> JobSpec:
             f"from_adapter: adapter {adapter.id} was trained on {adapter.base_model}, "
             f"not {spec.base_model}"
         )
-    recipe_file = store.adapter_dir(adapter.id) / "recipe.json"
+    recipe_file = store.adapter_dir(adapter.id) / RECIPE
     if not recipe_file.is_file():
         raise SpecError(f"from_adapter: adapter {adapter.id} has no recipe to train further from")
     recipe = parse_spec(json.loads(recipe_file.read_text(encoding="utf-8")))
