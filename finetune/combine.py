@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.fields import SpecError
-from finetune.methods import COMBINATIONS, method_of_type
+from finetune.methods import COMBINATIONS, get_method, method_of_type
 
 SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 WITH_DENSITY = tuple(c for c in COMBINATIONS if c.startswith(("ties", "dare", "magnitude")))
@@ -19,15 +19,19 @@ _COMBINED = "combined"
 
 @dataclass(frozen=True)
 class Source:
-    """One adapter to combine: a label for messages, its folder, its weight."""
+    """One adapter to combine: a label for messages, its folder, its weight, and the registry
+    id of the method it was made with where its record says (else its config's PEFT type)."""
 
     label: str
     folder: Path
     weight: float
+    method: str | None = None
 
 
 def adapter_config(folder: Path) -> dict:
     path = folder / "adapter_config.json"
+    if not folder.is_dir():
+        raise SpecError(f"{folder.name}: the adapter's folder is missing from the data dir")
     if not path.is_file():
         raise SpecError(
             f"{folder.name} is not a PEFT adapter (full and selective runs write model weights)"
@@ -54,16 +58,15 @@ def check_combination(
         raise SpecError(f"density: must be above 0 and at most 1, got {density}")
     if svd_rank is not None and not 1 <= svd_rank <= 4096:
         raise SpecError(f"svd_rank: must be from 1 to 4096, got {svd_rank}")
+    for s in sources:  # the registry first: a full or selective run has no adapter config
+        _check_can_combine(s, get_method(s.method) if s.method else None)
     configs = [adapter_config(s.folder) for s in sources]
     types = {c["peft_type"] for c in configs}
     for s, c in zip(sources, configs, strict=True):
         method = method_of_type(c["peft_type"])
         if method is None:
             raise SpecError(f"{s.label}: PEFT cannot combine {c['peft_type']} adapters.")
-        if not method.can_combine:
-            raise SpecError(
-                f"{s.label}: {method.label} adapters cannot be combined: {method.why_not_combined}."
-            )
+        _check_can_combine(s, method)
         if c.get("use_dora"):
             raise SpecError(
                 f"{s.label}: DoRA adapters cannot be combined (their magnitude vectors have no "
@@ -88,6 +91,14 @@ def check_combination(
     if peft_type == "IA3" and len(targets) > 1:
         raise SpecError("IA3 adapters combine only when they target the same modules.")
     return peft_type
+
+
+def _check_can_combine(source: Source, method) -> None:
+    if method is not None and not method.can_combine:
+        raise SpecError(
+            f"{source.label}: {method.label} adapters cannot be combined: "
+            f"{method.why_not_combined}."
+        )
 
 
 def _max_rank(config: dict) -> int:

@@ -264,9 +264,9 @@ def run_process(job_id: str) -> int:
     if store.get_job(job_id).kind == JobKind.TRAIN:
         state = run(settings, job_id, reporter)
     else:
-        from jobs.eval_merge import run_hub_job
+        from jobs.model_jobs import run_model_job
 
-        state = run_hub_job(settings, job_id, reporter)
+        state = run_model_job(settings, job_id, reporter)
     code = 0 if state in (JobState.SUCCEEDED, JobState.CANCELLED) else 1
     logging.shutdown()
     sys.stdout.flush()

@@ -13,6 +13,7 @@ OOM_ADVICE = {
     "train": "try QLoRA, a smaller batch size or max length, or activation checkpointing",
     "evaluate": "try fewer adapters at once, or fewer new tokens",
     "merge": "free memory (the merge holds the base model twice), or merge on a larger machine",
+    "combine": "combine fewer adapters at once, or free memory for the base model",
 }
 
 

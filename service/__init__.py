@@ -7,12 +7,12 @@ finetune and storage.
 """
 
 from service.adapters import (
-    combine,
     download_adapter,
     import_adapter,
     list_adapters,
     push_to_hub,
 )
+from service.combining import CombineRequest, combine, combined_adapter, start_combine
 from service.datasets import (
     DEFAULT_MAX_LENGTH,
     add_sample,
@@ -56,11 +56,13 @@ from service.training import estimate, list_methods, start_job
 __all__ = [
     "DEFAULT_MAX_LENGTH",
     "MAX_ADAPTERS",
+    "CombineRequest",
     "JobView",
     "add_sample",
     "cancel_job",
     "clone_job",
     "combine",
+    "combined_adapter",
     "compare",
     "delete_dataset",
     "delete_job",
@@ -90,6 +92,7 @@ __all__ = [
     "resume_job",
     "retry_job",
     "set_priority",
+    "start_combine",
     "start_evaluation",
     "start_job",
     "start_merge",

@@ -1,4 +1,4 @@
-"""Adapters besides training them: list, combine several, import one from a .zip, push, download.
+"""Adapters besides training and combining them: list, import one from a .zip, push, download.
 
 A user's mistake raises a UserError with the message to show, and leaves nothing
 behind.
@@ -6,7 +6,6 @@ behind.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -16,14 +15,11 @@ from typing import Any
 
 from config import Settings
 from finetune.adapter_import import check_adapter, unpack_adapter_zip
-from finetune.combine import Source, combine_adapters
 from finetune.fields import SpecError
-from finetune.methods import get_method
 from finetune.model_card import CARD, write_card
 from finetune.models import resolve_model
 from storage.store import Adapter, Store, folder_bytes
 
-COMBINED_FILE = "combined.json"  # what a combined adapter was made of
 IMPORTED_TEXT = (
     "Imported into AdapterLab from a .zip. Load it with `PeftModel.from_pretrained(base, folder)`."
 )
@@ -42,74 +38,6 @@ def adapter_info(adapter: Adapter) -> dict[str, Any]:
         "job_id": adapter.job_id,
         "created_at": adapter.created_at,
     }
-
-
-def combine(
-    settings: Settings,
-    adapter_ids: list[str],
-    weights: list[float],
-    method: str = "cat",
-    name: str | None = None,
-    density: float | None = None,
-    svd_rank: int | None = None,
-) -> dict[str, Any]:
-    """A new adapter from several of one base, by weight -> the new adapter's record."""
-    if not isinstance(adapter_ids, list) or not isinstance(weights, list):
-        raise SpecError("adapter_ids and weights: give two lists of the same length")
-    if len(adapter_ids) != len(weights):
-        raise SpecError(
-            f"weights: give one weight per adapter ({len(adapter_ids)} adapters, "
-            f"{len(weights)} weights)"
-        )
-    store = Store(settings.data_dir)
-    adapters = [store.get_adapter(a) for a in adapter_ids]
-    for a in adapters:  # what the registry says first; the folders' own configs are checked next
-        kind = get_method(a.method)
-        if not kind.can_combine:
-            raise SpecError(
-                f"{a.name} ({a.id}): {kind.label} adapters cannot be combined: "
-                f"{kind.why_not_combined}."
-            )
-    bases = {resolve_model(a.base_model, settings.models_dir) for a in adapters}
-    if len(bases) > 1:
-        listed = ", ".join(sorted({a.base_model for a in adapters}))
-        raise SpecError(f"The adapters were trained on different base models ({listed}).")
-    sources = [
-        Source(f"{a.name} ({a.id})", store.adapter_dir(a.id), w)
-        for a, w in zip(adapters, weights, strict=True)
-    ]
-    scratch = store.tmp_dir()
-    try:
-        staged = scratch / "adapter"
-        made = combine_adapters(
-            bases.pop(), sources, method, staged, density, svd_rank, settings.allow_remote_code
-        )
-        recipe = {
-            "method": method,
-            "density": density,
-            "svd_rank": svd_rank,
-            "sources": [
-                {"adapter_id": a.id, "name": a.name, "weight": w}
-                for a, w in zip(adapters, weights, strict=True)
-            ],
-        }
-        (staged / COMBINED_FILE).write_text(json.dumps(recipe, indent=2), encoding="utf-8")
-        label = name or f"{method} of " + " + ".join(a.name for a in adapters)
-        write_card(staged, label[:200], adapters[0].base_model, _combined_text(recipe))
-        adapter = store.add_adapter(
-            staged,
-            job_id=None,
-            name=label[:200],
-            base_model=adapters[0].base_model,
-            method=adapters[0].method if made["peft_type"] == "IA3" else "lora",
-            trainable_params=made["trainable_params"],
-            total_params=adapters[0].total_params,
-            size_bytes=folder_bytes(staged),
-            origin="combined",
-        )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return {"adapter_id": adapter.id, "r": made["r"], **adapter_info(adapter)}
 
 
 def import_adapter(
@@ -191,16 +119,6 @@ def push_to_hub(
     except Exception as exc:  # an HTTP error's message says what the Hub refused
         raise SpecError(f"The Hub refused the upload: {exc}") from None
     return {"repo_id": repo_id, "url": f"https://huggingface.co/{repo_id}", "commit": str(commit)}
-
-
-def _combined_text(recipe: dict) -> str:
-    parts = "\n".join(
-        f"- {s['name']} (`{s['adapter_id']}`), weight {s['weight']}" for s in recipe["sources"]
-    )
-    return (
-        f"Combined by AdapterLab with PEFT's `{recipe['method']}` combination of:\n\n{parts}\n\n"
-        "Load it with `PeftModel.from_pretrained(base, folder)`."
-    )
 
 
 def list_adapters(settings: Settings) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from finetune.fields import SpecError
 from finetune.models import load_config
 from finetune.spec import TRAINING_FIELDS
 from finetune.tasks import model_task
-from jobs.eval_merge import eval_rows
+from jobs.model_jobs import eval_rows
 from jobs.queue import submit_job
 from service.playground import entries
 from storage.store import EVAL_FILE, ROWS_FILE, JobKind, Store

@@ -8,7 +8,7 @@ from typing import Any
 from config import Settings
 from errors import UserError
 from finetune.merge import check_merge
-from jobs.eval_merge import MERGED
+from jobs.model_jobs import MERGED
 from jobs.queue import submit_job
 from service.adapters import zip_once
 from storage.store import JobKind, JobState, Store

@@ -21,6 +21,7 @@ ROWS_FILE = "rows.jsonl"
 EVAL_FILE = "eval.jsonl"
 PROBLEMS_FILE = "problems.json"
 DOWNLOADS = "downloads"
+COMBINED_FILE = "combined.json"  # in a combined adapter's folder: what it was made of
 
 
 class JobState(StrEnum):
@@ -42,6 +43,7 @@ class JobKind(StrEnum):
     TRAIN = "train"
     EVALUATE = "evaluate"
     MERGE = "merge"
+    COMBINE = "combine"
     SWEEP = "sweep"
 
 

@@ -55,6 +55,24 @@ def store(settings) -> Store:
     return Store(settings.data_dir)
 
 
+@pytest.fixture
+def run_queued():
+    """Run every queued job of a data dir in a real child process, as a worker would, now (in
+    the test's process, no huey); the fork server it started is stopped after the test."""
+    from jobs import runner
+
+    def run(settings: Settings) -> int:
+        ran = 0
+        while runner.run_next(settings, devices=[]) == "ran":
+            ran += 1
+        return ran
+
+    yield run
+    for server in runner._servers.values():
+        server.stop()
+    runner._servers.clear()
+
+
 @pytest.fixture(scope="module")
 def worker_settings(tmp_path_factory, tiny_model) -> Settings:
     """A data dir with a real worker process (app.py worker) taking its jobs, per module."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -169,13 +170,30 @@ def test_a_soft_prompt_imports_and_an_unzipped_bomb_is_caught(
     assert len(store.list_adapters()) == 1
 
 
-def test_combining_two_of_ours_stores_a_new_adapter(settings, store, tiny_model, tmp_path):
+def combine_request(adapter_ids, weights, method="cat", **rest) -> service.CombineRequest:
+    return service.CombineRequest.parse(
+        {"adapter_ids": adapter_ids, "weights": weights, "method": method, **rest}
+    )
+
+
+def two_imported(settings, tiny_model, tmp_path) -> list[str]:
     ids = []
     for seed in (6, 7):
         folder = make_adapter(tiny_model, tmp_path / f"s{seed}", lora(), seed=seed)
         zipped = zip_folder(folder, tmp_path / f"s{seed}.zip")
         ids.append(service.import_adapter(settings, str(zipped), str(tiny_model))["id"])
-    made = service.combine(settings, ids, [0.5, 0.5], "cat", name="both")
+    return ids
+
+
+def test_combining_two_of_ours_stores_a_new_adapter(
+    settings, store, tiny_model, tmp_path, run_queued
+):
+    ids = two_imported(settings, tiny_model, tmp_path)
+    started = service.start_combine(settings, combine_request(ids, [0.5, 0.5], name="both"))
+    assert started["status"] == "queued" and len(store.list_adapters()) == 2  # not yet made
+    assert store.get_job(started["job_id"]).kind == "combine"
+    assert run_queued(settings) == 1  # in a child process: the web process loads no model
+    made = service.combined_adapter(settings, started["job_id"])
     assert made["origin"] == "combined" and made["name"] == "both" and made["r"] == 8
     folder = store.adapter_dir(made["adapter_id"])
     recipe = json.loads((folder / "combined.json").read_text())
@@ -184,14 +202,35 @@ def test_combining_two_of_ours_stores_a_new_adapter(settings, store, tiny_model,
     outputs = service.generate(settings, str(tiny_model), [made["adapter_id"]], "What is 1 + 2?")
     assert outputs["outputs"][0]["text"] is not None
 
+    jobs = len(store.list_jobs())
     with pytest.raises(SpecError, match="one weight per adapter"):
-        service.combine(settings, ids, [1.0], "cat")
+        combine_request(ids, [1.0])
     with pytest.raises(LookupError):
-        service.combine(settings, [ids[0], "ad-000000000000"], [1, 1], "cat")
+        service.start_combine(settings, combine_request([ids[0], "ad-000000000000"], [1, 1]))
     before = len(store.list_adapters())
     with pytest.raises(SpecError, match="method: must be one of"):
-        service.combine(settings, ids, [1, 1], "average")
-    assert len(store.list_adapters()) == before
+        combine_request(ids, [1, 1], "average")
+    with pytest.raises(SpecError, match="weights: must be a list of numbers"):
+        combine_request(ids, ["a", "b"])
+    with pytest.raises(SpecError, match="adapter_ids: a value is required"):
+        service.CombineRequest.parse({"weights": [1, 1]})
+    with pytest.raises(SpecError, match="density: must be above 0"):
+        service.start_combine(settings, combine_request(ids, [1, 1], "ties", density=1.5))
+    assert len(store.list_adapters()) == before and len(store.list_jobs()) == jobs
+
+
+def test_a_combine_job_whose_adapter_went_away_fails_saying_which(
+    settings, store, tiny_model, tmp_path, run_queued
+):
+    ids = two_imported(settings, tiny_model, tmp_path)
+    job_id = service.start_combine(settings, combine_request(ids, [1, 1]))["job_id"]
+    shutil.rmtree(store.adapter_dir(ids[1]))  # after it was queued, before it ran
+    run_queued(settings)
+    job = store.get_job(job_id)
+    assert job.state == "failed" and ids[1] in job.error
+    with pytest.raises(SpecError, match=f"Not combined: .*{ids[1]}"):
+        service.combined_adapter(settings, job_id)
+    assert len(store.list_adapters()) == 2 and "folder is missing" in job.error
 
 
 def test_push_to_hub_says_what_is_missing(settings, tiny_model, tmp_path, monkeypatch, offline_hub):

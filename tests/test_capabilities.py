@@ -60,18 +60,24 @@ def described(method_id: str) -> dict:
 
 
 @pytest.mark.parametrize("method_id", IDS)
-def test_combine_does_what_list_methods_says(settings, made, tiny_model, method_id):
+def test_combine_does_what_list_methods_says(settings, made, tiny_model, method_id, run_queued):
     info = described(method_id)
     ids = stored(settings, made, method_id, tiny_model)
+
+    def request(combination: str) -> service.CombineRequest:
+        given = {"adapter_ids": ids, "weights": [0.6, 0.4], "method": combination}
+        return service.CombineRequest.parse(given)
+
     if info["can_combine"]:
         assert info["combinations"]
-        for combination in info["combinations"][:2]:
-            result = service.combine(settings, ids, [0.6, 0.4], combination, None, None, None)
-            assert result["adapter_id"]
+        started = [service.start_combine(settings, request(c)) for c in info["combinations"][:2]]
+        assert run_queued(settings) == len(started)
+        for job in started:
+            assert service.combined_adapter(settings, job["job_id"])["adapter_id"]
     else:
         assert info["combinations"] == []
         with pytest.raises(ValueError, match="cannot be combined"):
-            service.combine(settings, ids, [0.6, 0.4], "linear", None, None, None)
+            service.start_combine(settings, request("linear"))
 
 
 @pytest.mark.parametrize("method_id", IDS)

@@ -186,7 +186,7 @@ def test_refusals_name_the_field(worker_settings, dataset_id, trained):
 def test_all_rows_of_a_dataset_made_to_evaluate_on(settings, store, tmp_path):
     """split "all": every row (an uploaded eval file); held_out: only the split training left."""
     import service
-    from jobs.eval_merge import eval_rows
+    from jobs.model_jobs import eval_rows
 
     path = tmp_path / "eval.jsonl"
     path.write_text(

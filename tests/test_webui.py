@@ -45,6 +45,7 @@ API = {
     "job_log",
     "job_samples",
     "combine_adapters",
+    "start_combine",
     "import_adapter",
     "compare",
     "unload_models",
@@ -68,6 +69,14 @@ def test_app_builds_with_the_named_api(with_tiny):
     app = build_app(with_tiny)
     names = {fn.api_name for fn in app.fns.values() if fn.api_visibility == "public"}
     assert names == API
+    endpoints = app.get_api_info()["named_endpoints"]
+    combine = endpoints["/combine_adapters"]  # bound to the settings: not an argument
+    assert [p["parameter_name"] for p in combine["parameters"]][:3] == [
+        "adapter_ids",
+        "weights",
+        "method",
+    ]
+    assert endpoints["/list_methods"]["parameters"] == []
 
 
 def test_upload_handler_lists_bad_rows_then_drops_them(with_tiny, store, tmp_path):
@@ -457,12 +466,13 @@ def test_adapter_and_compare_handlers_say_what_is_missing(with_tiny):
     assert parse_weights("", 4) == [0.25] * 4 and parse_weights("0.7; -0.3", 2) == [0.7, -0.3]
     with pytest.raises(ValueError, match="Weights: give numbers"):
         parse_weights("a, b", 2)
-    assert on_combine_click(with_tiny, ["ad-0123456789ab"], "", "cat", 0.5, 0, "") == (
+    assert list(on_combine_click(with_tiny, ["ad-0123456789ab"], "", "cat", 0.5, 0, "")) == [
         "**Not combined.** Pick two adapters or more."
-    )
-    assert "does not exist" in on_combine_click(
+    ]
+    (refused,) = on_combine_click(
         with_tiny, ["ad-0123456789ab", "ad-0123456789ac"], "", "cat", 0.5, 0, ""
     )
+    assert "does not exist" in refused
     assert on_merge_click(with_tiny, None, "float32") == "**Not merged.** Pick an adapter first."
     message, _ = on_evaluate_click(with_tiny, [], True, None, "auto", 10)
     assert message == "**Not started.** Pick a dataset to evaluate on."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -13,6 +15,7 @@ from finetune.combine import COMBINATIONS, WITH_DENSITY
 from finetune.merge import DTYPES
 from webui.forms import base_model_dropdown
 
+COMBINE_WATCH_S = 120.0  # how long the tab follows a combine job before leaving it to the Jobs tab
 HEADERS = ["name", "id", "origin", "method", "base model", "trainable", "size on disk"]
 
 
@@ -139,24 +142,42 @@ def on_combine_click(
     density: float | None,
     svd_rank: float | None,
     name: str,
-) -> str:
+):
+    """Queue the combination, then say how its job goes until it ends (or COMBINE_WATCH_S)."""
     adapter_ids = adapter_ids or []
     if len(adapter_ids) < 2:
-        return "**Not combined.** Pick two adapters or more."
+        yield "**Not combined.** Pick two adapters or more."
+        return
     try:
-        made = service.combine(
-            settings,
-            adapter_ids,
-            parse_weights(weights or "", len(adapter_ids)),
-            method,
-            name.strip() or None,
-            float(density) if density and method in WITH_DENSITY else None,
-            int(svd_rank) if svd_rank else None,
-        )
+        request = {
+            "adapter_ids": adapter_ids,
+            "weights": parse_weights(weights or "", len(adapter_ids)),
+            "method": method,
+            "name": name.strip() or None,
+            "density": float(density) if density and method in WITH_DENSITY else None,
+            "svd_rank": int(svd_rank) if svd_rank else None,
+        }
+        job_id = service.start_combine(settings, service.CombineRequest.parse(request))["job_id"]
     except UserError as exc:
-        return f"**Not combined.** {exc}"
+        yield f"**Not combined.** {exc}"
+        return
+    deadline = time.monotonic() + COMBINE_WATCH_S
+    while (status := service.job_status(settings, job_id)["status"]) in ("queued", "running"):
+        yield f"Combining in job `{job_id}` ({status}; it loads the base model)..."
+        if time.monotonic() > deadline:
+            yield (
+                f"Combining in job `{job_id}` ({status}, behind other jobs): the new adapter "
+                "appears in this list when the job is done (the Jobs tab shows it)."
+            )
+            return
+        time.sleep(0.5)
+    try:
+        made = service.combined_adapter(settings, job_id)
+    except UserError as exc:
+        yield f"**Not combined.** {exc}"
+        return
     rank = f", rank {made['r']}" if made["r"] else ""
-    return (
+    yield (
         f"Made **{made['name']}** (`{made['id']}`){rank}, {made['trainable_params']:,} "
         "parameters. Try it in the Playground."
     )
@@ -260,7 +281,7 @@ def build_adapters_tab(settings: Settings) -> AdaptersTab:
         api_visibility="private",
     )
     combine_button.click(
-        lambda *v: on_combine_click(settings, *v),
+        functools.partial(on_combine_click, settings),
         inputs=[
             combine_dropdown,
             weights_text,

@@ -1,19 +1,31 @@
-"""The child process's work for jobs that do not train: evaluate models, merge an adapter."""
+"""The child process's work for jobs that use a model without training it: evaluate models,
+merge an adapter into its base, combine adapters into a new one."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import traceback
 
 from config import Settings
+from finetune.combine import Source, combine_adapters
 from finetune.data import read_rows
 from finetune.evaluate import METRICS, evaluate, headline
 from finetune.examples import split_rows
 from finetune.generate import GenerationParams, ModelCache
 from finetune.merge import merge_into_base
+from finetune.model_card import write_card
 from finetune.models import resolve_model
 from jobs.failures import plain_reason
-from storage.store import EVAL_FILE, ROWS_FILE, JobKind, JobState, Store
+from storage.store import (
+    COMBINED_FILE,
+    EVAL_FILE,
+    ROWS_FILE,
+    JobKind,
+    JobState,
+    Store,
+    folder_bytes,
+)
 
 MERGED = "merged"  # the merged model's folder, inside the job's folder
 
@@ -31,7 +43,7 @@ def eval_rows(store: Store, spec: dict) -> list[dict]:
     return rows[: spec["max_rows"]]
 
 
-def run_hub_job(settings: Settings, job_id: str, reporter) -> JobState:
+def run_model_job(settings: Settings, job_id: str, reporter) -> JobState:
     import torch
 
     torch.set_num_threads(settings.train_threads)
@@ -42,6 +54,8 @@ def run_hub_job(settings: Settings, job_id: str, reporter) -> JobState:
             return _evaluate(settings, store, job, reporter)
         if job.kind == JobKind.MERGE:
             return _merge(settings, store, job)
+        if job.kind == JobKind.COMBINE:
+            return _combine(settings, store, job)
         raise ValueError(f"unknown job kind {job.kind!r}")
     except Exception as exc:
         traceback.print_exc()
@@ -136,3 +150,63 @@ def _merge(settings: Settings, store: Store, job) -> JobState:
     store.update_job(job.id, step=1)
     store.finish_job(job.id, JobState.SUCCEEDED)
     return JobState.SUCCEEDED
+
+
+def _combine(settings: Settings, store: Store, job) -> JobState:
+    spec = job.spec
+    adapters = [store.get_adapter(a) for a in spec["adapter_ids"]]
+    sources = [
+        Source(f"{a.name} ({a.id})", store.adapter_dir(a.id), w, a.method)
+        for a, w in zip(adapters, spec["weights"], strict=True)
+    ]
+    store.update_job(job.id, total_steps=1)
+    scratch = store.tmp_dir()
+    try:
+        staged = scratch / "adapter"
+        made = combine_adapters(
+            resolve_model(spec["base_model"], settings.models_dir),
+            sources,
+            spec["method"],
+            staged,
+            spec["density"],
+            spec["svd_rank"],
+            settings.allow_remote_code,
+        )
+        recipe = {
+            "method": spec["method"],
+            "density": spec["density"],
+            "svd_rank": spec["svd_rank"],
+            "sources": [
+                {"adapter_id": a.id, "name": a.name, "weight": w}
+                for a, w in zip(adapters, spec["weights"], strict=True)
+            ],
+        }
+        (staged / COMBINED_FILE).write_text(json.dumps(recipe, indent=2), encoding="utf-8")
+        write_card(staged, spec["name"], spec["base_model"], _combined_text(recipe))
+        adapter = store.add_adapter(
+            staged,
+            job_id=None,  # (the job made no training run: the adapter's origin says how)
+            name=spec["name"],
+            base_model=spec["base_model"],
+            method=adapters[0].method if made["peft_type"] == "IA3" else "lora",
+            trainable_params=made["trainable_params"],
+            total_params=adapters[0].total_params,
+            size_bytes=folder_bytes(staged),
+            origin="combined",
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    store.set_result(job.id, {"r": made["r"], "peft_type": made["peft_type"]})
+    store.update_job(job.id, step=1)
+    store.finish_job(job.id, JobState.SUCCEEDED, adapter_id=adapter.id)
+    return JobState.SUCCEEDED
+
+
+def _combined_text(recipe: dict) -> str:
+    parts = "\n".join(
+        f"- {s['name']} (`{s['adapter_id']}`), weight {s['weight']}" for s in recipe["sources"]
+    )
+    return (
+        f"Combined by AdapterLab with PEFT's `{recipe['method']}` combination of:\n\n{parts}\n\n"
+        "Load it with `PeftModel.from_pretrained(base, folder)`."
+    )
