@@ -18,8 +18,8 @@ from webui.data_tab import (
     on_upload,
     read_mapping,
 )
-from webui.jobs_tab import COLUMNS, TICK_OUTPUTS, on_action_click, on_jobs_tick, progress_html
-from webui.playground_tab import on_send_click
+from webui.jobs_tab import COLUMNS, on_action_click, on_jobs_tick, progress_html
+from webui.playground_tab import SendRequest, on_send_click
 from webui.train_tab import build_train_tab, on_form_change, on_start_click, read_form
 
 API = {
@@ -185,7 +185,7 @@ def test_form_reads_zero_as_not_set(with_tiny):
 
 
 def tick(settings, selected=None, state=None) -> dict:
-    return dict(zip(TICK_OUTPUTS, on_jobs_tick(settings, selected, state), strict=True))
+    return on_jobs_tick(settings, selected, state)
 
 
 def test_jobs_tick_and_cancel(settings, store):
@@ -287,9 +287,21 @@ def test_progress_shows_the_pace_and_the_last_losses():
 
 def send(settings, adapter_ids, prompt, chat=False, histories=None, base=True, stop=""):
     """The playground's Generate handler, run to its last update."""
-    *_, last = on_send_click(
-        settings, "tiny", adapter_ids, base, prompt, "", 5, 0, 1, 0, stop, chat, histories or {}
+    request = SendRequest(
+        base_model="tiny",
+        adapter_ids=adapter_ids,
+        include_base=base,
+        prompt=prompt,
+        system_prompt="",
+        max_new_tokens=5,
+        temperature=0,
+        top_p=1,
+        seed=0,
+        stop=stop,
+        chat_mode=chat,
+        histories=histories or {},
     )
+    *_, last = on_send_click(settings, request)
     status, histories, *chatbots = last
     return status, histories, chatbots
 

@@ -8,8 +8,9 @@ import service
 from config import Settings
 from webui.adapters_tab import build_adapters_tab
 from webui.api import register_api
+from webui.choices import dataset_choices
 from webui.compare_tab import build_compare_tab
-from webui.data_tab import build_data_tab, dataset_choices, datasets_rows
+from webui.data_tab import build_data_tab, datasets_rows
 from webui.errors import guard_events
 from webui.jobs_tab import build_jobs_tab
 from webui.playground_tab import build_playground_tab, on_playground_select

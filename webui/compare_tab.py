@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -12,8 +13,7 @@ from config import Settings
 from errors import UserError
 from finetune.evaluate import METRICS
 from storage.store import JobKind
-from webui.data_tab import dataset_choices
-from webui.playground_tab import adapter_choices
+from webui.choices import adapter_choices, dataset_choices
 
 TRADEOFF_HEADERS = [
     "adapter",
@@ -203,14 +203,56 @@ def _score(value) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def build_compare_tab(settings: Settings) -> CompareTab:
-    gr.Markdown(
-        "Pick adapters to set side by side: what each costs (parameters, size, memory, time) "
-        "and what it gives (its newest evaluation score, and how long it takes to answer "
-        "against the base model, unmerged)."
+def on_compare_refresh(
+    settings: Settings, selected: list[str] | None, dataset: str | None, evaluation: str | None
+) -> tuple:
+    """The pickers re-read from storage, keeping what is still there.
+
+    -> adapters picker, trade-offs table, dataset picker, evaluation picker.
+    """
+    adapters = adapter_choices(settings)
+    ids = {v for _, v in adapters}
+    kept = [a for a in selected or [] if a in ids]
+    datasets = dataset_choices(settings)
+    evaluations = evaluation_choices(settings)
+    dataset_ids = [v for _, v in datasets]
+    evaluation_ids = [v for _, v in evaluations]
+    return (
+        gr.update(choices=adapters, value=kept),
+        tradeoff_rows(settings, kept),
+        gr.update(choices=datasets, value=dataset if dataset in dataset_ids else None),
+        gr.update(
+            choices=evaluations,
+            value=evaluation
+            if evaluation in evaluation_ids
+            else (evaluation_ids[0] if evaluation_ids else None),
+        ),
     )
-    selected = gr.Dropdown(label="Adapters", choices=[], multiselect=True)
-    tradeoffs_table = gr.Dataframe(headers=TRADEOFF_HEADERS, label="Trade-offs", interactive=False)
+
+
+@dataclass
+class EvaluateSection:
+    """What to evaluate on and how: the inputs of Evaluate, by on_evaluate_click's names."""
+
+    inputs: dict[str, Any]
+    dataset: gr.Dropdown
+    group_dropdown: gr.Dropdown
+    evaluate_button: gr.Button
+    evaluate_md: gr.Markdown
+
+
+@dataclass
+class ResultsSection:
+    evaluation: gr.Dropdown
+    only_differing: gr.Checkbox
+    results_md: gr.Markdown
+    summary_table: gr.Dataframe
+    bars: gr.BarPlot
+    examples_table: gr.Dataframe
+    timer: gr.Timer  # redraws the results while the evaluation runs
+
+
+def _build_evaluate_section() -> EvaluateSection:
     with gr.Accordion("Evaluate (a queued job)", open=True):
         with gr.Row():
             include_base = gr.Checkbox(value=True, label="Base model too")
@@ -235,6 +277,24 @@ def build_compare_tab(settings: Settings) -> CompareTab:
             )
         evaluate_button = gr.Button("Evaluate", variant="primary")
         evaluate_md = gr.Markdown()
+    inputs = {
+        "include_base": include_base,
+        "dataset_id": dataset,
+        "metric": metric,
+        "max_rows": max_rows,
+        "split": split_radio,
+        "group_by": group_dropdown,
+    }
+    return EvaluateSection(
+        inputs=inputs,
+        dataset=dataset,
+        group_dropdown=group_dropdown,
+        evaluate_button=evaluate_button,
+        evaluate_md=evaluate_md,
+    )
+
+
+def _build_results_section() -> ResultsSection:
     with gr.Row():
         evaluation = gr.Dropdown(label="Evaluation", choices=[], scale=3)
         only_differing = gr.Checkbox(value=False, label="Only examples where the answers differ")
@@ -262,63 +322,84 @@ def build_compare_tab(settings: Settings) -> CompareTab:
         interactive=False,
         wrap=True,
     )
-    timer = gr.Timer(3.0)
+    return ResultsSection(
+        evaluation=evaluation,
+        only_differing=only_differing,
+        results_md=results_md,
+        summary_table=summary_table,
+        bars=bars,
+        examples_table=examples_table,
+        timer=gr.Timer(3.0),
+    )
 
-    def refresh_fn(current_selected, current_dataset, current_evaluation):
-        adapters = adapter_choices(settings)
-        ids = {v for _, v in adapters}
-        kept = [a for a in current_selected or [] if a in ids]
-        datasets = dataset_choices(settings)
-        evaluations = evaluation_choices(settings)
-        dataset_ids = [v for _, v in datasets]
-        evaluation_ids = [v for _, v in evaluations]
-        return (
-            gr.update(choices=adapters, value=kept),
-            tradeoff_rows(settings, kept),
-            gr.update(
-                choices=datasets,
-                value=current_dataset if current_dataset in dataset_ids else None,
-            ),
-            gr.update(
-                choices=evaluations,
-                value=current_evaluation
-                if current_evaluation in evaluation_ids
-                else (evaluation_ids[0] if evaluation_ids else None),
-            ),
-        )
 
-    refresh = {
-        "fn": refresh_fn,
-        "inputs": [selected, dataset, evaluation],
-        "outputs": [selected, tradeoffs_table, dataset, evaluation],
-        "api_visibility": "private",
-    }
+def _wire_compare_events(
+    settings: Settings,
+    selected: gr.Dropdown,
+    tradeoffs_table: gr.Dataframe,
+    evaluate: EvaluateSection,
+    results: ResultsSection,
+) -> None:
+    private = {"api_visibility": "private"}
     selected.input(
         lambda ids: tradeoff_rows(settings, ids),
         inputs=[selected],
         outputs=[tradeoffs_table],
-        api_visibility="private",
+        **private,
     )
-    evaluate_button.click(
-        lambda *v: on_evaluate_click(settings, *v),
-        inputs=[selected, include_base, dataset, metric, max_rows, split_radio, group_dropdown],
-        outputs=[evaluate_md, evaluation],
-        api_visibility="private",
+    evaluate_inputs = {"adapter_ids": selected, **evaluate.inputs}
+
+    def on_evaluate(data: dict) -> tuple[str, dict]:
+        return on_evaluate_click(
+            settings, **{name: data[component] for name, component in evaluate_inputs.items()}
+        )
+
+    evaluate.evaluate_button.click(
+        on_evaluate,
+        inputs=set(evaluate_inputs.values()),
+        outputs=[evaluate.evaluate_md, results.evaluation],
+        **private,
     )
-    dataset.change(
+    evaluate.dataset.change(
         lambda d: group_choices(settings, d),
-        inputs=[dataset],
-        outputs=[group_dropdown],
-        api_visibility="private",
+        inputs=[evaluate.dataset],
+        outputs=[evaluate.group_dropdown],
+        **private,
     )
     show = {
         "fn": lambda j, o: on_results_show(settings, j, o),
-        "inputs": [evaluation, only_differing],
-        "outputs": [summary_table, bars, examples_table, results_md],
-        "api_visibility": "private",
+        "inputs": [results.evaluation, results.only_differing],
+        "outputs": [
+            results.summary_table,
+            results.bars,
+            results.examples_table,
+            results.results_md,
+        ],
         "show_progress": "hidden",
+        **private,
     }
-    evaluation.change(**show)
-    only_differing.change(**show)
-    timer.tick(**{**show, "fn": lambda j, o: on_results_tick(settings, j, o)})
-    return CompareTab(selected=selected, dataset=dataset, evaluation=evaluation, refresh=refresh)
+    results.evaluation.change(**show)
+    results.only_differing.change(**show)
+    results.timer.tick(**{**show, "fn": lambda j, o: on_results_tick(settings, j, o)})
+
+
+def build_compare_tab(settings: Settings) -> CompareTab:
+    gr.Markdown(
+        "Pick adapters to set side by side: what each costs (parameters, size, memory, time) "
+        "and what it gives (its newest evaluation score, and how long it takes to answer "
+        "against the base model, unmerged)."
+    )
+    selected = gr.Dropdown(label="Adapters", choices=[], multiselect=True)
+    tradeoffs_table = gr.Dataframe(headers=TRADEOFF_HEADERS, label="Trade-offs", interactive=False)
+    evaluate = _build_evaluate_section()
+    results = _build_results_section()
+    _wire_compare_events(settings, selected, tradeoffs_table, evaluate, results)
+    refresh = {
+        "fn": lambda s, d, e: on_compare_refresh(settings, s, d, e),
+        "inputs": [selected, evaluate.dataset, results.evaluation],
+        "outputs": [selected, tradeoffs_table, evaluate.dataset, results.evaluation],
+        "api_visibility": "private",
+    }
+    return CompareTab(
+        selected=selected, dataset=evaluate.dataset, evaluation=results.evaluation, refresh=refresh
+    )

@@ -3,7 +3,6 @@ what the model will see (chat template applied, the tokens that carry loss marke
 
 from __future__ import annotations
 
-import html
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,13 +13,20 @@ import service
 from config import Settings
 from errors import UserError
 from finetune.data import SCHEMAS, BadRows, problems_json
-from finetune.samples import SAMPLES
 from finetune.sources import ARCHIVES, SUFFIXES
-from webui.forms import base_model_dropdown
+from webui.choices import dataset_choices
+from webui.data_sections import (
+    NOT_MAPPED,
+    SLOTS,
+    CheckSection,
+    PreviewSection,
+    SourceSection,
+    build_check_section,
+    build_preview_section,
+    build_source_section,
+)
+from webui.data_view import bad_rows_table, describe, examples_html, histogram_html
 
-SLOTS = max(len(s.fields) + len(s.optional) for s in SCHEMAS.values())  # mapping dropdowns
-NOT_MAPPED = "(none)"
-BAD_ROW_HEADERS = ["file", "row", "column", "problem"]
 CSS = """
 .al-example { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 12px;
   border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 8px; margin: 6px 0; }
@@ -56,10 +62,6 @@ def datasets_rows(settings: Settings) -> list[list]:
     ]
 
 
-def dataset_choices(settings: Settings) -> list[tuple[str, str]]:
-    return [(f"{d['name']} ({d['rows']:,} rows)", d["id"]) for d in service.list_datasets(settings)]
-
-
 def _fields(schema_id: str) -> list[str]:
     schema = SCHEMAS.get(schema_id)
     return list(schema.fields + schema.optional) if schema else []
@@ -92,107 +94,6 @@ def read_mapping(schema_id: str, values: list[str | None]) -> dict[str, str]:
         for name, value in zip(_fields(schema_id), values, strict=False)
         if value and value != NOT_MAPPED
     }
-
-
-def bad_rows_table(problems: list[dict], stored: bool = False) -> Any:
-    """The problem rows; a file column only when the upload had several files."""
-    import pandas as pd
-
-    if not problems:
-        return gr.update(value=None, visible=False)
-    several = any(p.get("source") for p in problems)
-    rows = [
-        ([p["source"]] if several else []) + [p["row"], p["column"] or "(whole row)", p["problem"]]
-        for p in problems
-    ]
-    headers = BAD_ROW_HEADERS if several else BAD_ROW_HEADERS[1:]
-    label = f"Rows dropped ({len(problems):,})" if stored else "Rows that cannot be used"
-    return gr.update(value=pd.DataFrame(rows, columns=headers), visible=True, label=label)
-
-
-def examples_html(examples: list[dict]) -> str:
-    blocks = []
-    for i, ex in enumerate(examples, start=1):
-        body = "".join(
-            f'<span class="al-{s["kind"]}">{html.escape(s["text"])}</span>' for s in ex["segments"]
-        )
-        note = " · <b>dropped by training: the prompt fills max length</b>" if ex["dropped"] else ""
-        blocks.append(
-            f"<div><small>Example {i}: {ex['tokens']} tokens = {ex['prompt_tokens']} prompt + "
-            f"{ex['loss_tokens']} with loss"
-            + (f" + {ex['cut_tokens']} cut by max length" if ex["cut_tokens"] else "")
-            + f"{note}</small><div class='al-example'>{body}</div></div>"
-        )
-    legend = (
-        "<small>Legend: <span class='al-prompt'>prompt (no loss)</span> · "
-        "<span class='al-loss'>trained on (loss)</span> · "
-        "<span class='al-cut'>cut by max length</span></small>"
-    )
-    return legend + "".join(blocks)
-
-
-def histogram_html(stats: dict) -> str:
-    hist, limit = stats["histogram"], stats["max_length"]
-    top = max(hist["counts"]) or 1
-    bars = "".join(
-        f'<div class="al-bar{" over" if hist["edges"][i + 1] - 1 > limit else ""}" '
-        f'title="{hist["edges"][i]}-{hist["edges"][i + 1] - 1} tokens: {c} rows" '
-        f'style="height:{100 * c / top:.1f}%"></div>'
-        for i, c in enumerate(hist["counts"])
-    )
-    edges = hist["edges"]
-    over = stats["truncated_rows"] + stats["chunked_rows"]
-    return (
-        f"<div><small>Tokens per row: {edges[0]} to {edges[-1] - 1}"
-        + (f"; red: past max length {limit} ({over:,} rows)" if over else "")
-        + f"</small><div class='al-hist'>{bars}</div>"
-        f"<div class='al-axis'><span>{edges[0]}</span>"
-        f"<span>{(edges[0] + edges[-1]) // 2}</span><span>{edges[-1]} tokens</span></div></div>"
-    )
-
-
-def describe(preview: dict) -> str:
-    info = preview["dataset"]
-    lines = [
-        f"**{info['name']}** (`{info['id']}`): {info['rows']:,} training rows"
-        + (f", {info['eval_rows']:,} eval rows (its own split)" if info["eval_rows"] else "")
-        + f"; schema `{info['format']}`"
-        + (f", {info['dropped_rows']:,} bad rows dropped" if info["dropped_rows"] else "")
-        + ".",
-        "Mapping: " + ", ".join(f"{k} ← `{v}`" for k, v in info["mapping"].items()) + ".",
-    ]
-    content = info["stats"]
-    if content.get("turns_mean"):
-        lines.append(
-            f"Turns per row: {content['turns_mean']} (max {content['turns_max']}); "
-            f"characters per row: {content['chars_mean']:,} (max {content['chars_max']:,})."
-        )
-    if content.get("labels"):
-        lines.append(f"Labels: {', '.join(content['labels'])}.")
-    stats = preview.get("token_stats")
-    if stats:
-        sample = f" (from a sample of {stats['rows_measured']:,})" if stats["sampled"] else ""
-        lines.append(
-            f"Tokens per row{sample}: mean {stats['tokens_mean']}, median {stats['tokens_p50']}, "
-            f"95% {stats['tokens_p95']}, max {stats['tokens_max']}. "
-            f"Max length {stats['max_length']} truncates **{stats['truncated_rows']:,}** rows"
-            + (f" and splits {stats['chunked_rows']:,} long texts" if stats["chunked_rows"] else "")
-            + f"; {stats['tokens_per_epoch']:,} tokens per epoch"
-            + (
-                f", about {_duration(stats['seconds_per_epoch'])} per epoch at the "
-                f"{stats['tokens_per_s_history']:,} tokens/s of past jobs on this model."
-                if stats["seconds_per_epoch"]
-                else " (no past job on this model to time an epoch by)."
-            )
-        )
-    lines += [f"- Warning: {w}" for w in info["warnings"]]
-    return "\n\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def show_dataset(settings: Settings, dataset_id: str | None, base_model: str, max_length: int):
@@ -300,6 +201,139 @@ def on_delete_click(settings: Settings, dataset_id: str | None) -> tuple:
     )
 
 
+@dataclass
+class DataSections:
+    source: SourceSection
+    check: CheckSection
+    preview: PreviewSection
+    dataset: gr.Dropdown  # the stored dataset to preview or delete
+    delete_button: gr.Button
+    table: gr.Dataframe
+    columns: gr.State  # the columns found in the files or the Hub dataset
+
+    def upload_inputs(self) -> set:
+        source, check, preview = self.source, self.check, self.preview
+        return {
+            source.files,
+            source.eval_files,
+            source.hub_id,
+            source.hub_split,
+            source.hub_subset,
+            source.name,
+            check.schema,
+            check.on_bad,
+            check.labels,
+            check.text_mode,
+            check.check_length,
+            preview.model,
+            preview.max_length,
+            *check.slots,
+        }
+
+
+def upload_options(tab: DataSections, data: dict) -> dict:
+    """How to read and check the upload, as service.upload_dataset takes it."""
+    source, check, preview = tab.source, tab.check, tab.preview
+    schema_id = data[check.schema] or ""
+    return {
+        "format": schema_id,
+        "mapping": read_mapping(schema_id, [data[s] for s in check.slots]) if schema_id else {},
+        "on_bad_rows": data[check.on_bad],
+        "labels": [x.strip() for x in (data[check.labels] or "").split(",") if x.strip()],
+        "text_mode": data[check.text_mode],
+        "base_model": (data[preview.model] or "") if data[check.check_length] else "",
+        "max_length": int(data[preview.max_length] or service.DEFAULT_MAX_LENGTH),
+        "hub_id": (data[source.hub_id] or "").strip(),
+        "hub_split": data[source.hub_split] or "train",
+        "hub_subset": data[source.hub_subset] or "",
+    }
+
+
+def on_upload_click(settings: Settings, tab: DataSections, data: dict) -> tuple:
+    """The form's values ({component: value}) checked and stored; -> as on_upload."""
+    return on_upload(
+        settings,
+        data[tab.source.files],
+        data[tab.source.name],
+        upload_options(tab, data),
+        data[tab.source.eval_files],
+        data[tab.preview.model],
+        data[tab.preview.max_length],
+    )
+
+
+def on_schema_input(schema_id: str, columns: list[str], *values: str | None) -> list:
+    """Another schema chosen: its fields mapped, keeping what was mapped and same-named columns."""
+    current = read_mapping(schema_id, list(values))
+    same = {f: f for f in _fields(schema_id) if f in columns}
+    return mapping_updates(schema_id, columns, {**same, **current})
+
+
+def _wire_source_events(settings: Settings, tab: DataSections) -> None:
+    """Files chosen or a Hub id entered: columns read, the schema detected, the mapping offered."""
+    source, check, private = tab.source, tab.check, {"api_visibility": "private"}
+    inspect_outputs = [tab.preview.message, check.schema, tab.columns, *check.slots]
+    source.files.change(
+        lambda paths, mode: on_source_change(settings, paths, {"text_mode": mode}),
+        [source.files, check.text_mode],
+        inspect_outputs,
+        **private,
+    )
+    source.hub_id.submit(
+        lambda hub, split, subset: on_source_change(
+            settings, None, {"hub_id": hub.strip(), "hub_split": split, "hub_subset": subset}
+        ),
+        [source.hub_id, source.hub_split, source.hub_subset],
+        inspect_outputs,
+        **private,
+    )
+    check.schema.input(
+        on_schema_input, [check.schema, tab.columns, *check.slots], check.slots, **private
+    )
+
+
+def _wire_dataset_events(settings: Settings, tab: DataSections) -> None:
+    """Add (an upload or a sample), preview and delete: each shows the dataset's state after."""
+    check, preview, private = tab.check, tab.preview, {"api_visibility": "private"}
+    outputs = [
+        preview.message,
+        preview.bad_rows,
+        preview.examples,
+        preview.histogram,
+        tab.dataset,
+        tab.table,
+    ]
+    check.upload_button.click(
+        lambda data: on_upload_click(settings, tab, data), tab.upload_inputs(), outputs, **private
+    )
+    check.sample_button.click(
+        lambda key, m, n: on_sample(settings, key, m, n),
+        [check.sample, preview.model, preview.max_length],
+        outputs,
+        **private,
+    )
+    for trigger in (tab.dataset.input, preview.model.input, preview.max_length.submit):
+        trigger(
+            lambda d, m, n: show_dataset(settings, d, m, n),
+            [tab.dataset, preview.model, preview.max_length],
+            [preview.message, preview.bad_rows, preview.examples, preview.histogram],
+            **private,
+        )
+    tab.delete_button.click(
+        lambda dataset_id: on_delete_click(settings, dataset_id),
+        [tab.dataset],
+        [
+            preview.message,
+            tab.dataset,
+            tab.table,
+            preview.examples,
+            preview.histogram,
+            preview.bad_rows,
+        ],
+        **private,
+    )
+
+
 def build_data_tab(settings: Settings) -> DataTab:
     kinds = ", ".join(s.lstrip(".").upper() for s in SUFFIXES + ARCHIVES)
     gr.Markdown(
@@ -309,85 +343,10 @@ def build_data_tab(settings: Settings) -> DataTab:
     )
     with gr.Row():
         with gr.Column(scale=1):
-            files = gr.File(
-                label="Dataset files",
-                file_count="multiple",
-                file_types=list(SUFFIXES + ARCHIVES),
-                type="filepath",
-            )
-            with gr.Accordion(
-                "Eval file (optional; else each job splits off eval rows)", open=False
-            ):
-                eval_files = gr.File(
-                    label="Eval file",
-                    file_count="multiple",
-                    file_types=list(SUFFIXES + ARCHIVES),
-                    type="filepath",
-                )
-            with gr.Accordion("From the Hugging Face Hub", open=False):
-                hub_id = gr.Textbox(label="Dataset id", placeholder="owner/name")
-                with gr.Row():
-                    hub_split = gr.Textbox(label="Split", value="train")
-                    hub_subset = gr.Textbox(label="Subset (optional)")
-            name = gr.Textbox(label="Name (optional)", placeholder="my dataset")
-            schema = gr.Dropdown(
-                choices=[("detect", ""), *[(f"{k}: {s.label}", k) for k, s in SCHEMAS.items()]],
-                value="",
-                label="Schema",
-            )
-            slots = [
-                gr.Dropdown(visible=False, choices=[NOT_MAPPED], value=NOT_MAPPED)
-                for _ in range(SLOTS)
-            ]
-            on_bad = gr.Radio(
-                choices=[("Refuse the file", "refuse"), ("Drop bad rows", "drop")],
-                value="refuse",
-                label="If some rows cannot be used",
-            )
-            with gr.Accordion("More options", open=False):
-                labels = gr.Textbox(
-                    label="Allowed labels (classification; comma separated, optional)"
-                )
-                text_mode = gr.Radio(
-                    choices=[
-                        ("One example per blank-line block", "blocks"),
-                        ("One per file", "file"),
-                    ],
-                    value="blocks",
-                    label=".txt files",
-                )
-                check_length = gr.Checkbox(
-                    value=True, label="Flag rows longer than max length, in the model's tokens"
-                )
-            upload_button = gr.Button("Check and add", variant="primary")
-            with gr.Row():
-                sample = gr.Dropdown(
-                    choices=[(s.label, key) for key, s in SAMPLES.items()],
-                    value="arithmetic",
-                    label="Bundled sample",
-                    scale=3,
-                )
-                sample_button = gr.Button("Use this sample", scale=2)
+            source = build_source_section()
+            check = build_check_section()
         with gr.Column(scale=2):
-            with gr.Row():
-                model = base_model_dropdown(
-                    settings.models_dir, "Its chat template and tokenizer are used for the preview"
-                )
-                max_length = gr.Number(
-                    value=service.DEFAULT_MAX_LENGTH,
-                    precision=0,
-                    label="Max length to check and preview (tokens)",
-                )
-            message = gr.Markdown()
-            bad_rows = gr.Dataframe(
-                headers=BAD_ROW_HEADERS,
-                label="Rows that cannot be used",
-                visible=False,
-                wrap=True,
-                elem_id="bad-rows",
-            )
-            examples = gr.HTML()
-            histogram = gr.HTML()
+            preview = build_preview_section(settings)
     with gr.Row():
         dataset = gr.Dropdown(
             label="Dataset", choices=dataset_choices(settings), value=None, scale=3
@@ -398,95 +357,15 @@ def build_data_tab(settings: Settings) -> DataTab:
         label="Datasets",
         interactive=False,
     )
-    columns = gr.State([])
-    private = {"api_visibility": "private"}
-
-    inspect_outputs = [message, schema, columns, *slots]
-    files.change(
-        lambda paths, mode: on_source_change(settings, paths, {"text_mode": mode}),
-        [files, text_mode],
-        inspect_outputs,
-        **private,
+    tab = DataSections(
+        source=source,
+        check=check,
+        preview=preview,
+        dataset=dataset,
+        delete_button=delete_button,
+        table=table,
+        columns=gr.State([]),
     )
-    hub_id.submit(
-        lambda hub, split, subset: on_source_change(
-            settings, None, {"hub_id": hub.strip(), "hub_split": split, "hub_subset": subset}
-        ),
-        [hub_id, hub_split, hub_subset],
-        inspect_outputs,
-        **private,
-    )
-
-    def on_schema(schema_id, cols, *values):
-        current = read_mapping(schema_id, list(values))
-        same = {f: f for f in _fields(schema_id) if f in cols}
-        return mapping_updates(schema_id, cols, {**same, **current})
-
-    schema.input(on_schema, [schema, columns, *slots], slots, **private)
-
-    form = {
-        files,
-        eval_files,
-        hub_id,
-        hub_split,
-        hub_subset,
-        name,
-        schema,
-        on_bad,
-        labels,
-        text_mode,
-        check_length,
-        model,
-        max_length,
-        *slots,
-    }
-
-    def on_upload_click(data: dict) -> tuple:
-        schema_id = data[schema] or ""
-        options = {
-            "format": schema_id,
-            "mapping": read_mapping(schema_id, [data[s] for s in slots]) if schema_id else {},
-            "on_bad_rows": data[on_bad],
-            "labels": [x.strip() for x in (data[labels] or "").split(",") if x.strip()],
-            "text_mode": data[text_mode],
-            "base_model": (data[model] or "") if data[check_length] else "",
-            "max_length": int(data[max_length] or service.DEFAULT_MAX_LENGTH),
-            "hub_id": (data[hub_id] or "").strip(),
-            "hub_split": data[hub_split] or "train",
-            "hub_subset": data[hub_subset] or "",
-        }
-        return on_upload(
-            settings,
-            data[files],
-            data[name],
-            options,
-            data[eval_files],
-            data[model],
-            data[max_length],
-        )
-
-    outputs = [message, bad_rows, examples, histogram, dataset, table]
-    upload_button.click(on_upload_click, form, outputs, **private)
-    sample_button.click(
-        lambda key, m, n: on_sample(settings, key, m, n),
-        [sample, model, max_length],
-        outputs,
-        **private,
-    )
-    preview_inputs = [dataset, model, max_length]
-    preview_outputs = [message, bad_rows, examples, histogram]
-    for trigger in (dataset.input, model.input, max_length.submit):
-        trigger(
-            lambda d, m, n: show_dataset(settings, d, m, n),
-            preview_inputs,
-            preview_outputs,
-            **private,
-        )
-
-    delete_button.click(
-        lambda dataset_id: on_delete_click(settings, dataset_id),
-        [dataset],
-        [message, dataset, table, examples, histogram, bad_rows],
-        **private,
-    )
-    return DataTab(datasets_table=table, dataset_dropdown=dataset, message_md=message)
+    _wire_source_events(settings, tab)
+    _wire_dataset_events(settings, tab)
+    return DataTab(datasets_table=table, dataset_dropdown=dataset, message_md=preview.message)

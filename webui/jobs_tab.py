@@ -2,62 +2,42 @@
 
 from __future__ import annotations
 
-import html
 import json
-import time
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
-import pandas as pd
 
 import service
 from config import Settings
 from errors import UserError
-from finetune.model_card import final_metrics
-from storage.store import Job, JobKind, JobState, Metric, Sample
+from storage.store import Job, JobKind, JobState
+from webui.jobs_view import (
+    COLUMNS,
+    CURVES,
+    curves,
+    jobs_rows,
+    progress_html,
+    samples_html,
+    sweep_curves,
+    sweep_html,
+)
 
 REFRESH_S = 2.0
 LOG_LINES = 40
 ALL_STATES = "all"
-COLUMNS = [
-    "#",
-    "state",
-    "name",
-    "base model",
-    "method",
-    "dataset",
-    "created",
-    "started",
-    "finished",
-    "took",
-    "step",
-    "loss",
-    "eval loss",
-    "id",
-]
-
-
-# The curves: (metric field, series label, plot). A plot holds the series that share its scale.
-CURVES = {
-    "loss": [("loss", "loss"), ("eval_loss", "eval loss")],
-    "learning rate": [("learning_rate", "learning rate")],
-    "tokens/s": [("tokens_per_s", "tokens/s")],
-    "memory (MB)": [("memory_mb", "memory MB")],
+# The buttons under the job picker, by the action each takes on the selected job: (label, variant).
+BUTTONS = {
+    "up": ("Move up", "secondary"),
+    "down": ("Move down", "secondary"),
+    "top": ("Run next", "secondary"),
+    "cancel": ("Cancel job", "stop"),
+    "resume": ("Resume", "secondary"),
+    "retry": ("Retry", "secondary"),
+    "clone": ("Clone into the Train form", "secondary"),
+    "delete": ("Delete…", "secondary"),
 }
-
-
-# What on_jobs_tick returns, in order (the tab's outputs).
-TICK_OUTPUTS = (
-    "table",
-    "job",
-    "progress",
-    *CURVES,
-    "samples",
-    "log",
-    "recipe",
-    "error",
-    *("up", "down", "top", "cancel", "resume", "retry", "clone", "delete"),
-)
+ACTIONS = ("up", "down", "top", "cancel", "resume", "retry")  # on a click; delete asks first
 
 
 @dataclass
@@ -67,280 +47,116 @@ class JobsTab:
     timer: gr.Timer
 
 
-def jobs_rows(jobs: list[dict]) -> list[list]:
-    """One row per job (as service.list_jobs gives them), for the table."""
-    return [
-        [
-            j["position"] or "",
-            j["status"],
-            j["name"],
-            _short_model(j["base_model"]),
-            j["method"],
-            j["dataset"] or "",
-            _when(j["created_at"]),
-            _when(j["started_at"]),
-            _when(j["finished_at"]),
-            _duration(j["seconds"]) if j["seconds"] is not None else "",
-            f"{j['step']}/{j['total_steps'] or '?'}",
-            _number(j["loss"]),
-            _number(j["eval_loss"]),
-            j["job_id"],
-        ]
-        for j in jobs
-    ]
+@dataclass
+class JobControls:
+    """The filter, the table, the job picker and what can be done to the picked job."""
+
+    state_radio: gr.Radio
+    jobs_table: gr.Dataframe
+    job_dropdown: gr.Dropdown
+    buttons: dict[str, gr.Button]  # BUTTONS' actions
+    confirm_row: gr.Row
+    confirm_md: gr.Markdown
+    confirm_button: gr.Button
+    keep_button: gr.Button
+    action_md: gr.Markdown
 
 
-def _short_model(path: str | None) -> str:
-    return (path or "").rstrip("/").rsplit("/", 1)[-1]
+@dataclass
+class JobPanel:
+    """The picked job: progress, curves, samples (or a search's trials), error, log, recipe."""
+
+    progress: gr.HTML
+    plots: dict[str, gr.LinePlot]  # CURVES' plots
+    samples: gr.HTML
+    error_md: gr.Markdown
+    log_code: gr.Code
+    recipe_code: gr.Code
 
 
-def _number(value: float | None) -> str:
-    return f"{value:.4g}" if value is not None else ""
+def shown_components(controls: JobControls, panel: JobPanel) -> dict[str, Any]:
+    """The components on_jobs_tick updates, by the names it gives its values."""
+    return {
+        "table": controls.jobs_table,
+        "job": controls.job_dropdown,
+        "progress": panel.progress,
+        **panel.plots,
+        "samples": panel.samples,
+        "log": panel.log_code,
+        "recipe": panel.recipe_code,
+        "error": panel.error_md,
+        **controls.buttons,
+    }
 
 
-def _when(ts: float | None) -> str:
-    return time.strftime("%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
-
-
-_UNIT = {"train": "step", "evaluate": "answer", "merge": "part", "sweep": "job"}
-
-
-def progress_html(job: Job, metrics: list[Metric], position: int | None = None) -> str:
-    total = job.total_steps or 0
-    fraction = min(job.step / total, 1.0) if total else 0.0
-    if job.state == JobState.SUCCEEDED:
-        fraction = 1.0
-    eta = ""
-    if job.state == JobState.QUEUED:
-        eta = f" · number {position} in the queue" if position else ""
-        if job.resume_from:
-            eta += f" · resumes from {job.resume_from}"
-    elif job.state == JobState.RUNNING and total and job.step >= total:
-        eta = " · saving the adapter" if job.kind == JobKind.TRAIN else " · finishing"
-    elif job.state == JobState.RUNNING and total:
-        seconds = _seconds_left(job, metrics, total)
-        eta = f" · about {_duration(seconds)} left" if seconds is not None else " · starting"
-    elif job.finished_at and job.started_at:
-        eta = f" · took {_duration(job.finished_at - job.started_at)}"
-    last = final_metrics([vars(m) for m in metrics])
-    losses = "".join(f" · {name.replace('_', ' ')} {value:.4g}" for name, value in last.items())
-    where = f"<div><small>worker {html.escape(job.worker)}</small></div>" if job.worker else ""
-    unit = _UNIT.get(job.kind, "step")
-    return (
-        f"<div><b>{job.state.value}</b> · {unit} {job.step} of {total or '?'}{eta}{losses}</div>"
-        f'<div style="background:#e5e7eb;border-radius:6px;height:14px;margin-top:6px">'
-        f'<div class="job-progress" style="width:{fraction * 100:.1f}%;height:14px;'
-        f'border-radius:6px;background:#f97316"></div></div>' + memory_line(job, metrics) + where
-    )
-
-
-def memory_line(job: Job, metrics: list[Metric]) -> str:
-    """The measured peak beside the pre-flight estimate, once there is a measurement."""
-    peaks = [m.memory_mb for m in metrics if m.memory_mb is not None]
-    if not peaks:
-        return ""
-    line = f"peak memory {max(peaks) / 1024:.2f} GiB"
-    if job.memory_estimate_mb:
-        line += f" (estimated {job.memory_estimate_mb / 1024:.2f} GiB before the start)"
-    return f"<div><small>{line}</small></div>"
-
-
-def _seconds_left(job: Job, metrics: list[Metric], total: int) -> float | None:
-    """From the measured pace between this run's logged steps (evaluations included), not the
-    start-up, nor the pause before a resume."""
-    steps = [m for m in metrics if m.loss is not None and m.created_at >= (job.started_at or 0)]
-    if len(steps) < 2 or steps[-1].step <= steps[0].step:
-        return None
-    first, last = steps[0], steps[-1]
-    pace = (last.created_at - first.created_at) / (last.step - first.step)
-    left = pace * (total - last.step)
-    minutes = (job.spec.get("training") or {}).get("max_minutes")
-    if minutes and job.runs <= 1:  # a time budget ends it (training began a step before)
-        left = min(left, max(0.0, first.created_at - pace + minutes * 60 - time.time()))
-    return left
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
-
-def curves(job: Job, metrics: list[Metric], plot: str = "loss") -> pd.DataFrame | None:
-    """One plot's series over the steps; None until it has a point.
-
-    Gradio's LinePlot fixes its axis types and colour domain from the first value it draws and
-    only swaps the data after that: so no empty frame, and every series the job will have is there
-    from the first point (a series without a point yet gets one NaN row, which Vega skips).
-    """
-    rows = []
-    for m in metrics:
-        for field, label in CURVES[plot]:
-            value = getattr(m, field)
-            if value is not None:
-                rows.append({"step": m.step, "value": value, "series": label})
-    if not rows:
-        return None
-    series = [label for field, label in CURVES[plot]]
-    if plot == "loss" and not job.spec.get("training", {}).get("eval_fraction"):
-        series = [s for s in series if s != "eval loss" or any(r["series"] == s for r in rows)]
-    return _frame(rows, series)
-
-
-def _frame(rows: list[dict], series: list[str]) -> pd.DataFrame:
-    """The points, with one NaN row for each series that has none yet (see curves)."""
-    present = {r["series"] for r in rows}
-    rows = rows + [
-        {"step": rows[0]["step"], "value": float("nan"), "series": name}
-        for name in series
-        if name not in present
-    ]
-    frame = pd.DataFrame(rows, columns=["step", "value", "series"])
-    return frame.astype({"step": "int64", "value": "float64", "series": "string"})
-
-
-def sweep_curves(view: service.JobView, plot: str) -> pd.DataFrame | None:
-    """A search's trials side by side: each trial's eval loss (or learning rate, tokens/s,
-    memory) over its steps, one series per trial and one for the final run."""
-    job, children = view.job, view.children
-    field = "eval_loss" if plot == "loss" else CURVES[plot][0][0]
-    names = [_child_label(c) for c in children]
-    if job.spec.get("search", {}).get("mode") == "auto" and not any(
-        c.role == "final" for c in children
-    ):
-        names.append("final run")  # its colour is fixed from the first point, as the others'
-    rows = [
-        {"step": m.step, "value": getattr(m, field), "series": name}
-        for child, name in zip(children, names, strict=False)
-        for m in view.child_metrics[child.id]
-        if getattr(m, field) is not None
-    ]
-    return _frame(rows, names) if rows else None
-
-
-def _child_label(child: Job) -> str:
-    if child.role == "final":
-        return "final run"
-    return child.name.split(" · trial ", 1)[-1][:60]
-
-
-def sweep_html(job: Job, rows: list[dict]) -> str:
-    """The trials as a table, the best marked, and the choice the search made."""
-    best = (job.result or {}).get("best") or {}
-    cells = []
-    for i, row in enumerate(rows, start=1):
-        mark = " ★" if row["job_id"] == best.get("job_id") else ""
-        loss = f"{row['eval_loss']:.4f}" if row["eval_loss"] is not None else ""
-        cells.append(
-            f"<tr><td>{i}{mark}</td><td>{html.escape(row['label'])}</td><td>{row['state']}</td>"
-            f"<td>{row['step']}</td><td>{loss}</td><td>{row['job_id']}</td></tr>"
-        )
-    mode = job.spec.get("search", {}).get("mode", "")
-    if best:
-        then = {
-            "auto": "the final run trains with it for the rest of the budget",
-            "grid": "its adapter is the search's result",
-            "random": "its adapter is the search's result",
-        }[mode]
-        choice = (
-            f"<p><b>Chosen: {html.escape(best['label'])}</b> (eval loss "
-            f"{best['eval_loss']:.4f}); {then}.</p>"
-        )
-    else:
-        choice = "<p><small>The choice is made when every trial has ended.</small></p>"
-    return (
-        f"{choice}<table class='job-samples'><thead><tr><th>trial</th><th>values</th>"
-        "<th>state</th><th>steps</th><th>final eval loss</th><th>job</th></tr></thead>"
-        f"<tbody>{''.join(cells)}</tbody></table>"
-    )
-
-
-def samples_html(samples: list[Sample]) -> str:
-    """Each fixed prompt: the base model's answer (step 0) beside the newest answers."""
-    if not samples:
-        return "<p><small>Sample answers appear here as the job trains.</small></p>"
-    steps = sorted({s.step for s in samples})
-    shown = ([0] if 0 in steps else []) + [s for s in steps if s][-3:]
-    by_key = {(s.step, s.prompt_index): s for s in samples}
-    prompts = sorted({(s.prompt_index, s.prompt) for s in samples})
-    head = "".join(f"<th>{'base model' if step == 0 else f'step {step}'}</th>" for step in shown)
-    rows = []
-    for index, prompt in prompts:
-        cells = "".join(
-            f"<td>{html.escape(by_key[(step, index)].text) if (step, index) in by_key else ''}</td>"
-            for step in shown
-        )
-        rows.append(f"<tr><td><b>{html.escape(prompt[:300])}</b></td>{cells}</tr>")
-    return (
-        '<table class="job-samples"><thead><tr><th>prompt</th>'
-        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-    )
-
-
-def on_jobs_tick(settings: Settings, selected: str | None, state_filter: str | None):
-    """Everything the tab shows, read from storage: the table, and the selected job's view."""
+def on_jobs_tick(settings: Settings, selected: str | None, state_filter: str | None) -> dict:
+    """Everything the tab shows, read from storage, by name: the table, and the selected job's
+    view (the names of shown_components)."""
     jobs = service.list_jobs(settings, None if state_filter in (None, ALL_STATES) else state_filter)
     ids = [j["job_id"] for j in jobs]
     if selected not in ids:
         selected = ids[0] if ids else None
     choices = [(f"{j['name']} · {j['status']} · {j['job_id']}", j["job_id"]) for j in jobs]
+    listed = {"table": jobs_rows(jobs), "job": gr.update(choices=choices, value=selected)}
     if selected is None:
         empty = "No jobs yet." if state_filter in (None, ALL_STATES) else "No jobs in this state."
-        return (
-            jobs_rows(jobs),
-            gr.update(choices=choices, value=None),
-            empty,
-            *[None for _ in CURVES],
-            samples_html([]),
-            "",
-            "",
-            "",
-            *button_states(None, False),
-        )
+        return {
+            **listed,
+            "progress": empty,
+            **dict.fromkeys(CURVES),
+            "samples": samples_html([]),
+            "log": "",
+            "recipe": "",
+            "error": "",
+            **button_states(None, False),
+        }
     info = next(j for j in jobs if j["job_id"] == selected)
     view = service.job_view(settings, selected)
     job, metrics = view.job, view.metrics
-    error = ""
-    if job.error:
-        error = f"**{job.error}**"
-        if job.error_detail:
-            error += f"\n\n```\n{job.error_detail[-3000:]}\n```"
-    log = "\n".join(service.job_log(settings, job.id, LOG_LINES)["lines"])
     if job.kind == JobKind.SWEEP:
-        drawn = [sweep_curves(view, plot) for plot in CURVES]
+        drawn = {plot: sweep_curves(view, plot) for plot in CURVES}
         below = sweep_html(job, view.trials)
     else:
-        drawn = [curves(job, metrics, plot) for plot in CURVES]
+        drawn = {plot: curves(job, metrics, plot) for plot in CURVES}
         below = samples_html(view.samples)
-    return (
-        jobs_rows(jobs),
-        gr.update(choices=choices, value=selected),
-        progress_html(job, metrics, info["position"]),
-        *drawn,
-        below,
-        log,
-        json.dumps(job.spec, indent=2),
-        error,
-        *button_states(job, info["resumable"]),
-    )
+    return {
+        **listed,
+        "progress": progress_html(job, metrics, info["position"]),
+        **drawn,
+        "samples": below,
+        "log": "\n".join(service.job_log(settings, job.id, LOG_LINES)["lines"]),
+        "recipe": json.dumps(job.spec, indent=2),
+        "error": error_text(job),
+        **button_states(job, info["resumable"]),
+    }
 
 
-def button_states(job: Job | None, resumable: bool) -> list:
-    """Up, down, top, cancel, resume, retry, clone, delete: what the job's state allows."""
+def error_text(job: Job) -> str:
+    """Why the job failed, and the tail of its traceback."""
+    if not job.error:
+        return ""
+    text = f"**{job.error}**"
+    if job.error_detail:
+        text += f"\n\n```\n{job.error_detail[-3000:]}\n```"
+    return text
+
+
+def button_states(job: Job | None, resumable: bool) -> dict[str, dict]:
+    """What the job's state allows, by BUTTONS' action."""
     state = job.state if job else None
     queued = state == JobState.QUEUED
     stopped = state in service.jobs.RESUMABLE
-    return [
-        gr.update(interactive=queued),
-        gr.update(interactive=queued),
-        gr.update(interactive=queued),
-        gr.update(interactive=state in (JobState.QUEUED, JobState.RUNNING)),
-        gr.update(interactive=stopped and resumable),
-        gr.update(interactive=stopped),
-        gr.update(interactive=job is not None and job.kind in (JobKind.TRAIN, JobKind.SWEEP)),
-        gr.update(interactive=job is not None and state != JobState.RUNNING),
-    ]
+    allowed = {
+        "up": queued,
+        "down": queued,
+        "top": queued,
+        "cancel": state in (JobState.QUEUED, JobState.RUNNING),
+        "resume": stopped and resumable,
+        "retry": stopped,
+        "clone": job is not None and job.kind in (JobKind.TRAIN, JobKind.SWEEP),
+        "delete": job is not None and state != JobState.RUNNING,
+    }
+    return {action: gr.update(interactive=ok) for action, ok in allowed.items()}
 
 
 def on_action_click(settings: Settings, action: str, job_id: str | None) -> str:
@@ -370,7 +186,7 @@ def on_action_click(settings: Settings, action: str, job_id: str | None) -> str:
     raise ValueError(f"unknown action {action}")
 
 
-def build_jobs_tab(settings: Settings) -> JobsTab:
+def _build_controls() -> JobControls:
     with gr.Row():
         state_radio = gr.Radio(
             [ALL_STATES, *(s.value for s in JobState)], value=ALL_STATES, label="Show", scale=3
@@ -383,87 +199,96 @@ def build_jobs_tab(settings: Settings) -> JobsTab:
     )
     job_dropdown = gr.Dropdown(label="Job", choices=[], allow_custom_value=True)
     with gr.Row():
-        up_button = gr.Button("Move up", size="sm", interactive=False)
-        down_button = gr.Button("Move down", size="sm", interactive=False)
-        top_button = gr.Button("Run next", size="sm", interactive=False)
-        cancel_button = gr.Button("Cancel job", variant="stop", size="sm", interactive=False)
-        resume_button = gr.Button("Resume", size="sm", interactive=False)
-        retry_button = gr.Button("Retry", size="sm", interactive=False)
-        clone_button = gr.Button("Clone into the Train form", size="sm", interactive=False)
-        delete_button = gr.Button("Delete…", size="sm", interactive=False)
+        buttons = {
+            action: gr.Button(label, variant=variant, size="sm", interactive=False)
+            for action, (label, variant) in BUTTONS.items()
+        }
     with gr.Row(visible=False) as confirm_row:
         confirm_md = gr.Markdown()
         confirm_button = gr.Button("Delete the job and its files", variant="stop", size="sm")
         keep_button = gr.Button("Keep it", size="sm")
-    action_md = gr.Markdown()
+    return JobControls(
+        state_radio=state_radio,
+        jobs_table=jobs_table,
+        job_dropdown=job_dropdown,
+        buttons=buttons,
+        confirm_row=confirm_row,
+        confirm_md=confirm_md,
+        confirm_button=confirm_button,
+        keep_button=keep_button,
+        action_md=gr.Markdown(),
+    )
+
+
+def _build_panel() -> JobPanel:
     progress = gr.HTML()
-    plots = []
-    with gr.Row():
-        for plot in list(CURVES)[:2]:
-            plots.append(gr.LinePlot(x="step", y="value", color="series", title=plot, label=plot))
-    with gr.Row():
-        for plot in list(CURVES)[2:]:
-            plots.append(gr.LinePlot(x="step", y="value", color="series", title=plot, label=plot))
-    samples = gr.HTML(label="Sample answers")
-    error_md = gr.Markdown()
-    log_code = gr.Code(label=f"Log (last {LOG_LINES} lines)", language=None, lines=8)
-    recipe_code = gr.Code(label="Recipe (the job's spec)", language="json")
-    timer = gr.Timer(REFRESH_S)
-    buttons = [
-        up_button,
-        down_button,
-        top_button,
-        cancel_button,
-        resume_button,
-        retry_button,
-        clone_button,
-        delete_button,
-    ]
-    outputs = [
-        jobs_table,
-        job_dropdown,
-        progress,
-        *plots,
-        samples,
-        log_code,
-        recipe_code,
-        error_md,
-        *buttons,
-    ]
+    plots = {}
+    for row in (list(CURVES)[:2], list(CURVES)[2:]):
+        with gr.Row():
+            for plot in row:
+                plots[plot] = gr.LinePlot(
+                    x="step", y="value", color="series", title=plot, label=plot
+                )
+    return JobPanel(
+        progress=progress,
+        plots=plots,
+        samples=gr.HTML(label="Sample answers"),
+        error_md=gr.Markdown(),
+        log_code=gr.Code(label=f"Log (last {LOG_LINES} lines)", language=None, lines=8),
+        recipe_code=gr.Code(label="Recipe (the job's spec)", language="json"),
+    )
+
+
+def _wire_jobs_events(
+    settings: Settings, controls: JobControls, panel: JobPanel, timer: gr.Timer
+) -> None:
+    shown = shown_components(controls, panel)
+
+    def on_tick(selected: str | None, state_filter: str | None) -> dict:
+        ticked = on_jobs_tick(settings, selected, state_filter)
+        if ticked.keys() != shown.keys():  # a component left stale, or a value with nowhere to go
+            raise ValueError(f"on_jobs_tick gave {sorted(ticked)}, the tab shows {sorted(shown)}")
+        return {shown[name]: value for name, value in ticked.items()}
+
     refresh = {
-        "fn": lambda s, f: on_jobs_tick(settings, s, f),
-        "inputs": [job_dropdown, state_radio],
-        "outputs": outputs,
+        "fn": on_tick,
+        "inputs": [controls.job_dropdown, controls.state_radio],
+        "outputs": list(shown.values()),
         "api_visibility": "private",
         "show_progress": "hidden",
     }
     timer.tick(**refresh)
-    job_dropdown.input(**refresh)
-    state_radio.input(**refresh)
-    for button, action in zip(
-        [up_button, down_button, top_button, cancel_button, resume_button, retry_button],
-        ["up", "down", "top", "cancel", "resume", "retry"],
-        strict=True,
-    ):
-        button.click(
+    controls.job_dropdown.input(**refresh)
+    controls.state_radio.input(**refresh)
+    for action in ACTIONS:
+        controls.buttons[action].click(
             lambda j, a=action: on_action_click(settings, a, j),
-            inputs=[job_dropdown],
-            outputs=[action_md],
+            inputs=[controls.job_dropdown],
+            outputs=[controls.action_md],
             api_visibility="private",
         ).then(**refresh)
-    delete_button.click(
+    controls.buttons["delete"].click(
         lambda j: (gr.update(visible=True), f"Delete job `{j}`, its log, checkpoints and curves?"),
-        inputs=[job_dropdown],
-        outputs=[confirm_row, confirm_md],
+        inputs=[controls.job_dropdown],
+        outputs=[controls.confirm_row, controls.confirm_md],
         api_visibility="private",
     )
-    keep_button.click(
-        lambda: gr.update(visible=False), outputs=[confirm_row], api_visibility="private"
+    controls.keep_button.click(
+        lambda: gr.update(visible=False), outputs=[controls.confirm_row], api_visibility="private"
     )
-    confirm_button.click(
+    controls.confirm_button.click(
         lambda j: (gr.update(visible=False), on_action_click(settings, "delete", j)),
-        inputs=[job_dropdown],
-        outputs=[confirm_row, action_md],
+        inputs=[controls.job_dropdown],
+        outputs=[controls.confirm_row, controls.action_md],
         api_visibility="private",
     ).then(**refresh)
-    return JobsTab(job_dropdown=job_dropdown, clone_button=clone_button, timer=timer)
+
+
+def build_jobs_tab(settings: Settings) -> JobsTab:
+    controls = _build_controls()
+    panel = _build_panel()
+    timer = gr.Timer(REFRESH_S)
+    _wire_jobs_events(settings, controls, panel, timer)
+    return JobsTab(
+        job_dropdown=controls.job_dropdown, clone_button=controls.buttons["clone"], timer=timer
+    )

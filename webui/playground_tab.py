@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -12,6 +13,7 @@ import service
 from config import Settings
 from errors import UserError
 from service.playground import MAX_ADAPTERS
+from webui.choices import adapter_choices
 from webui.forms import base_model_dropdown
 
 COLUMNS = 1 + MAX_ADAPTERS  # the base, then the adapters
@@ -21,10 +23,6 @@ BASE = "Base model"
 @dataclass
 class PlaygroundTab:
     adapter_dropdown: gr.Dropdown  # the adapters to compare (multiselect)
-
-
-def adapter_choices(settings: Settings) -> list[tuple[str, str]]:
-    return [(f"{a['name']} · {a['id']}", a["id"]) for a in service.list_adapters(settings)]
 
 
 def on_playground_select(settings: Settings, current: list[str] | None):
@@ -47,41 +45,51 @@ def stop_list(text: str) -> list[str]:
     return [s.strip().replace("\\n", "\n") for s in (text or "").split(",") if s.strip()]
 
 
-def on_send_click(
-    settings: Settings,
-    base_model: str,
-    adapter_ids: list[str] | None,
-    include_base: bool,
-    prompt: str,
-    system_prompt: str,
-    max_new_tokens: float,
-    temperature: float,
-    top_p: float,
-    seed: float,
-    stop: str,
-    chat_mode: bool,
-    histories: dict,
-) -> Iterator[tuple]:
+@dataclass(frozen=True)
+class SendRequest:
+    """What Generate sends: the Playground's values, by name (a field per input component)."""
+
+    base_model: str
+    adapter_ids: list[str] | None
+    include_base: bool
+    prompt: str
+    system_prompt: str = ""
+    max_new_tokens: float = 64
+    temperature: float = 0
+    top_p: float = 1
+    seed: float = 0
+    stop: str = ""
+    chat_mode: bool = False
+    histories: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def read(cls, components: dict[str, Any], data: dict) -> SendRequest:
+        """From a handler's {component: value} input; `components` maps each field's name."""
+        return cls(**{f.name: data[components[f.name]] for f in dataclasses.fields(cls)})
+
+
+def on_send_click(settings: Settings, request: SendRequest) -> Iterator[tuple]:
     """Streams each column's answer in turn; yields (status, histories, *chatbots)."""
     names = {a["id"]: a["name"] for a in service.list_adapters(settings)}
-    ids = column_ids(adapter_ids, include_base)
+    ids = column_ids(request.adapter_ids, request.include_base)
+    prompt, histories = request.prompt, request.histories
     key = "|".join(str(i) for i in ids)
-    if not chat_mode or (histories or {}).get("key") != key:
+    if not request.chat_mode or (histories or {}).get("key") != key:
         histories = {"key": key, "turns": [[] for _ in ids]}
     try:
         if not ids:
             raise UserError("Pick adapters to compare, or keep the base model.")
         gen = service.generation_params(
             {
-                "max_new_tokens": int(max_new_tokens or 64),
-                "temperature": float(temperature or 0),
-                "top_p": float(top_p or 1),
-                "seed": int(seed or 0),
-                "system_prompt": system_prompt or "",
-                "stop": stop_list(stop),
+                "max_new_tokens": int(request.max_new_tokens or 64),
+                "temperature": float(request.temperature or 0),
+                "top_p": float(request.top_p or 1),
+                "seed": int(request.seed or 0),
+                "system_prompt": request.system_prompt or "",
+                "stop": stop_list(request.stop),
             }
         )
-        model, entries = service.entries(settings, ids, base_model)
+        model, entries = service.entries(settings, ids, request.base_model)
     except UserError as exc:
         yield (f"**Not sent.** {exc}", histories, *_chatbots(ids, names, histories, {}))
         return
@@ -167,7 +175,30 @@ def loaded_text() -> str:
     return "Loaded: " + "; ".join(parts)
 
 
-def build_playground_tab(settings: Settings) -> PlaygroundTab:
+@dataclass
+class PromptSection:
+    """Who answers, the prompt and how to generate."""
+
+    inputs: dict[str, Any]  # by SendRequest's field names
+    adapter_dropdown: gr.Dropdown
+    system_text: gr.Textbox
+
+
+@dataclass
+class AnswerSection:
+    """The buttons and the answers, column by column."""
+
+    chat_checkbox: gr.Checkbox
+    histories: gr.State  # each column's chat so far
+    send_button: gr.Button
+    clear_button: gr.Button
+    unload_button: gr.Button
+    status_md: gr.Markdown
+    loaded_md: gr.Markdown
+    chatbots: list[gr.Chatbot]  # the base model's column, then one per adapter
+
+
+def _build_prompt_section(settings: Settings) -> PromptSection:
     with gr.Row():
         base_model = base_model_dropdown(settings.models_dir)
         choices = adapter_choices(settings)
@@ -186,15 +217,26 @@ def build_playground_tab(settings: Settings) -> PlaygroundTab:
         info="Filled in with the one the first adapter was trained with; empty uses the model's.",
     )
     with gr.Row():
-        max_tokens_number = gr.Number(
-            value=48, label="Max new tokens", minimum=1, maximum=2048, precision=0
-        )
-        temperature_number = gr.Number(
-            value=0.0, label="Temperature (0 = greedy)", minimum=0, maximum=5
-        )
-        top_p_number = gr.Number(value=1.0, label="Top p", minimum=0.01, maximum=1)
-        seed_number = gr.Number(value=0, label="Seed", precision=0)
-        stop_text = gr.Textbox(label="Stop sequences", placeholder="###, User:")
+        inputs = {
+            "base_model": base_model,
+            "adapter_ids": adapter_dropdown,
+            "include_base": include_base,
+            "prompt": prompt_text,
+            "system_prompt": system_text,
+            "max_new_tokens": gr.Number(
+                value=48, label="Max new tokens", minimum=1, maximum=2048, precision=0
+            ),
+            "temperature": gr.Number(
+                value=0.0, label="Temperature (0 = greedy)", minimum=0, maximum=5
+            ),
+            "top_p": gr.Number(value=1.0, label="Top p", minimum=0.01, maximum=1),
+            "seed": gr.Number(value=0, label="Seed", precision=0),
+            "stop": gr.Textbox(label="Stop sequences", placeholder="###, User:"),
+        }
+    return PromptSection(inputs=inputs, adapter_dropdown=adapter_dropdown, system_text=system_text)
+
+
+def _build_answer_section() -> AnswerSection:
     with gr.Row():
         chat_checkbox = gr.Checkbox(value=False, label="Chat (each column keeps its history)")
         send_button = gr.Button("Generate", variant="primary")
@@ -208,37 +250,52 @@ def build_playground_tab(settings: Settings) -> PlaygroundTab:
             gr.Chatbot(label=BASE if i == 0 else f"Adapter {i}", visible=i < 2, height=320)
             for i in range(COLUMNS)
         ]
-    adapter_dropdown.change(
+    return AnswerSection(
+        chat_checkbox=chat_checkbox,
+        histories=histories,
+        send_button=send_button,
+        clear_button=clear_button,
+        unload_button=unload_button,
+        status_md=status_md,
+        loaded_md=loaded_md,
+        chatbots=chatbots,
+    )
+
+
+def _wire_playground_events(
+    settings: Settings, prompt: PromptSection, answer: AnswerSection
+) -> None:
+    private = {"api_visibility": "private"}
+    histories = answer.histories
+    send_inputs = {**prompt.inputs, "chat_mode": answer.chat_checkbox, "histories": histories}
+    prompt.adapter_dropdown.change(
         lambda a: on_adapters_change(settings, a),
-        inputs=[adapter_dropdown],
-        outputs=[system_text],
-        api_visibility="private",
+        inputs=[prompt.adapter_dropdown],
+        outputs=[prompt.system_text],
+        **private,
     )
-    send_button.click(
-        functools.partial(on_send_click, settings),
-        inputs=[
-            base_model,
-            adapter_dropdown,
-            include_base,
-            prompt_text,
-            system_text,
-            max_tokens_number,
-            temperature_number,
-            top_p_number,
-            seed_number,
-            stop_text,
-            chat_checkbox,
-            histories,
-        ],
-        outputs=[status_md, histories, *chatbots],
-        api_visibility="private",
-    ).then(loaded_text, outputs=[loaded_md], api_visibility="private")
-    clear_button.click(
-        lambda: ({}, *[gr.update(value=[]) for _ in chatbots]),
-        outputs=[histories, *chatbots],
-        api_visibility="private",
+
+    def on_send(data: dict) -> Iterator[tuple]:  # a generator, so Gradio streams it
+        yield from on_send_click(settings, SendRequest.read(send_inputs, data))
+
+    answer.send_button.click(
+        on_send,
+        inputs=set(send_inputs.values()),
+        outputs=[answer.status_md, histories, *answer.chatbots],
+        **private,
+    ).then(loaded_text, outputs=[answer.loaded_md], **private)
+    answer.clear_button.click(
+        lambda: ({}, *[gr.update(value=[]) for _ in answer.chatbots]),
+        outputs=[histories, *answer.chatbots],
+        **private,
     )
-    unload_button.click(on_unload_click, outputs=[status_md], api_visibility="private").then(
-        loaded_text, outputs=[loaded_md], api_visibility="private"
+    answer.unload_button.click(on_unload_click, outputs=[answer.status_md], **private).then(
+        loaded_text, outputs=[answer.loaded_md], **private
     )
-    return PlaygroundTab(adapter_dropdown=adapter_dropdown)
+
+
+def build_playground_tab(settings: Settings) -> PlaygroundTab:
+    prompt = _build_prompt_section(settings)
+    answer = _build_answer_section()
+    _wire_playground_events(settings, prompt, answer)
+    return PlaygroundTab(adapter_dropdown=prompt.adapter_dropdown)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,14 +11,14 @@ import service
 from config import Settings
 from errors import UserError
 from finetune.counts import linear_module_names
-from finetune.fields import SpecError
 from finetune.methods import ATTENTION_MODULES, METHODS, get_method
 from finetune.models import load_config, resolve_model
-from finetune.search import trials
-from finetune.spec import TRAINING_FIELDS, parse_spec
-from finetune.tasks import TASKS, model_task
-from webui.data_tab import dataset_choices
+from finetune.spec import TRAINING_FIELDS
+from finetune.tasks import model_task
+from webui.choices import dataset_choices
 from webui.forms import base_model_dropdown, field_component, read_values
+from webui.train_notes import counts_text
+from webui.train_search import SearchInputs, build_search_section, fill_search, read_search
 
 NEW_ADAPTER = "(a new adapter)"
 
@@ -44,6 +43,7 @@ class TrainForm:
     name: gr.Textbox
     method_inputs: dict[str, dict[str, Any]]  # method id -> field name -> component
     method_groups: dict[str, Any]  # method id -> its group of fields (shown when chosen)
+    presets: dict[str, gr.Radio]  # method id -> its target preset, where it has one
     method_md: gr.Markdown
     training_inputs: dict[str, Any]
     search: SearchInputs
@@ -66,41 +66,6 @@ class TrainForm:
         }
 
 
-@dataclass
-class SearchInputs:
-    mode: gr.Dropdown
-    space: gr.Code
-    trials: gr.Number
-
-
-NO_SEARCH = "none"
-SEARCH_MODES = [
-    ("none: train once with these settings", NO_SEARCH),
-    ("auto: short trials of learning rate x rank, then the rest with the best", "auto"),
-    ("grid: every combination of the values below", "grid"),
-    ("random: trials drawn from the values or ranges below", "random"),
-]
-SPACE_EXAMPLE = '{"learning_rate": [0.0003, 0.001, 0.003], "r": [8, 16]}'
-
-
-def read_search(form: TrainForm, data: dict) -> dict[str, Any] | None:
-    """The form's settings search as the spec takes it (its values are JSON text)."""
-    mode = data[form.search.mode]
-    if mode in (None, NO_SEARCH):
-        return None
-    if mode == "auto":
-        return {"mode": mode}
-    text = (data[form.search.space] or "").strip()
-    try:
-        space = json.loads(text) if text else None
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"search.space: not valid JSON ({exc.msg}); e.g. {SPACE_EXAMPLE}") from None
-    search = {"mode": mode, "space": space}
-    if mode == "random":
-        search["trials"] = int(data[form.search.trials] or 0)
-    return search
-
-
 def read_form(form: TrainForm, data: dict) -> dict[str, Any]:
     """The spec, as the API takes it, from the form's values."""
     return {
@@ -111,7 +76,7 @@ def read_form(form: TrainForm, data: dict) -> dict[str, Any]:
             get_method(data[form.method]).fields, form.method_inputs[data[form.method]], data
         ),
         "training": read_values(TRAINING_FIELDS, form.training_inputs, data),
-        "search": read_search(form, data),
+        "search": read_search(form.search, data),
         "name": data[form.name] or None,
         "from_adapter": None
         if data[form.from_adapter] in (None, NEW_ADAPTER)
@@ -141,19 +106,7 @@ def fill_form(settings: Settings, form: TrainForm, spec: dict) -> dict:
         if name in spec.get("training", {}):
             value = spec["training"][name]
             updates[component] = gr.update(value=0 if value is None else value)
-    search = spec.get("search") or {}
-    updates[form.search.mode] = gr.update(value=search.get("mode") or NO_SEARCH)
-    if search.get("space"):
-        space = {
-            path.split(".", 1)[-1]: {k: v for k, v in values.items() if k != "whole"}
-            if isinstance(values, dict)
-            else values
-            for path, values in search["space"].items()
-        }
-        updates[form.search.space] = gr.update(value=json.dumps(space))
-    if search.get("trials"):
-        updates[form.search.trials] = gr.update(value=search["trials"])
-    return updates
+    return {**updates, **fill_search(form.search, spec.get("search") or {})}
 
 
 def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
@@ -163,92 +116,7 @@ def on_form_change(settings: Settings, form: TrainForm, data: dict) -> str:
         est = service.estimate(settings, spec)
     except UserError as exc:
         return f"**Cannot count:** {exc}"
-    return (
-        f"Task: {TASKS[est['task']]}.\n\n"
-        f"**Trainable parameters: {est['trainable_params']:,}** of {est['total_params']:,} "
-        f"(**{est['trainable_percent']:.3f}%**); what it writes: "
-        f"**{_megabytes(est['adapter_bytes'])}**"
-        + memory_note(est["memory"])
-        + dataset_note(settings, spec)
-        + plan_note(spec["training"])
-        + search_note(spec)
-    )
-
-
-def search_note(spec: dict) -> str:
-    """What a settings search will queue."""
-    search = spec.get("search")
-    if not search:
-        return ""
-    parsed = parse_spec(spec)
-    count = len(trials(parsed.search, parsed))
-    if search["mode"] == "auto":
-        share = parsed.search["share"]
-        return (
-            f"\n\nAuto settings: **{count} trials** share {share:.0%} of that; the rest trains "
-            "with the one whose eval loss ends lowest."
-        )
-    return f"\n\n{search['mode'].title()} search: **{count} trials**, each for all of that."
-
-
-def plan_note(training: dict) -> str:
-    """How long the run goes and the batch each optimizer step sees."""
-    minutes, epochs, steps = (training.get(k) for k in ("max_minutes", "epochs", "max_steps"))
-    ends = [f"{minutes:g} minutes" if minutes else ""]
-    if steps:  # max steps override epochs
-        ends.append(f"{steps:,} steps")
-    elif epochs:
-        ends.append(f"{epochs:g} epoch{'s' if epochs != 1 else ''}")
-    ends = [e for e in ends if e] or ["1 epoch"]
-    until = ends[0] if len(ends) == 1 else f"{' or '.join(ends)}, whichever comes first"
-    batch = training.get("batch_size") or 0
-    accumulation = training.get("gradient_accumulation_steps") or 1
-    gpus = training.get("gpus") or 1
-    effective = f"{batch} x {accumulation} accumulated" if accumulation > 1 else f"{batch}"
-    if gpus > 1:
-        effective += f" x {gpus} GPUs"
-    schedule = training.get("lr_scheduler_type") or "linear"
-    return (
-        f"\n\nRuns for **{until}**; the {schedule.replace('_', ' ')} learning-rate schedule "
-        f"ends with it. Effective batch: **{batch * accumulation * gpus}** ({effective})."
-    )
-
-
-def memory_note(memory: dict) -> str:
-    """The estimate against the device's free memory; what to change when it will not fit."""
-    gib = 2**30
-    parts = ", ".join(
-        f"{name} {memory[name] / gib:.2f}"
-        for name in ("weights", "gradients", "optimizer", "activations", "logits", "runtime")
-    )
-    device = memory["device"]
-    line = (
-        f"\n\nMemory: about **{memory['total'] / gib:.1f} GiB** ({parts} GiB) of "
-        f"{device['available_bytes'] / gib:.1f} GiB free on {device['name']}"
-    )
-    if memory["fits"]:
-        return line + "."
-    return line + ": **it will not fit.** Try " + "; ".join(memory["advice"]) + "."
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / 2**20:,.1f} MB" if n >= 2**20 else f"{n / 2**10:,.0f} KB"
-
-
-def dataset_note(settings: Settings, spec: dict) -> str:
-    """Which rows the job will train and evaluate on."""
-    try:
-        dataset = service.get_dataset(settings, spec["dataset_id"])
-    except UserError:
-        return ""
-    rows, eval_rows = dataset["rows"], dataset["eval_rows"]
-    if eval_rows:
-        return (
-            f"\n\nDataset: {rows:,} training rows and its own eval split of "
-            f"{eval_rows:,} rows (the eval fraction is not used)."
-        )
-    held = int(rows * (spec["training"].get("eval_fraction") or 0))
-    return f"\n\nDataset: {rows:,} rows; the eval fraction holds out {held:,} of them."
+    return counts_text(settings, spec, est)
 
 
 def on_start_click(settings: Settings, form: TrainForm, data: dict) -> str:
@@ -336,7 +204,8 @@ def on_method_change(form: TrainForm, method_id: str) -> list:
     ]
 
 
-def build_train_tab(settings: Settings) -> TrainForm:
+def _build_choices_section(settings: Settings) -> tuple[gr.Dropdown, ...]:
+    """Base model, dataset, method; and the adapter to start from."""
     with gr.Row():
         base_model = base_model_dropdown(
             settings.models_dir,
@@ -361,54 +230,128 @@ def build_train_tab(settings: Settings) -> TrainForm:
         info="A new adapter, or one of yours trained further (on this data, for the epochs or "
         "steps below): its method and settings are kept.",
     )
-    method_md = gr.Markdown(method_description("lora"))
-    method_inputs: dict[str, dict[str, Any]] = {}
-    method_groups: dict[str, Any] = {}
-    presets: dict[str, Any] = {}
+    return base_model, dataset, method, from_adapter
+
+
+@dataclass
+class MethodSection:
+    md: gr.Markdown
+    inputs: dict[str, dict[str, Any]]  # method id -> field name -> component
+    groups: dict[str, Any]  # method id -> its group of fields
+    presets: dict[str, gr.Radio]  # method id -> its target preset (methods aimed at attention)
+
+
+def _build_method_section() -> MethodSection:
+    """Each method's fields from the registry, in a group shown while it is the one chosen."""
+    section = MethodSection(
+        md=gr.Markdown(method_description("lora")), inputs={}, groups={}, presets={}
+    )
     for key, entry in METHODS.items():
         with gr.Group(visible=key == "lora") as group:
             targets = next((f for f in entry.fields if f.name == "target_modules"), None)
             if targets and tuple(targets.default) == ATTENTION_MODULES:  # not IA3's own mix
-                presets[key] = gr.Radio(
+                section.presets[key] = gr.Radio(
                     choices=list(TARGET_PRESETS), value=TARGET_PRESETS[0], label="Target preset"
                 )
             with gr.Row():
-                method_inputs[key] = {f.name: field_component(f) for f in entry.fields}
+                section.inputs[key] = {f.name: field_component(f) for f in entry.fields}
             if not entry.fields:
                 gr.Markdown("No settings: every weight of the model trains.")
-        method_groups[key] = group
-    training_inputs = {}
+        section.groups[key] = group
+    return section
+
+
+def _build_training_section() -> dict[str, Any]:
+    """The training fields, four to a row; the advanced ones folded away."""
+    inputs = {}
     basic = [f for f in TRAINING_FIELDS if not f.advanced]
     advanced = [f for f in TRAINING_FIELDS if f.advanced]
     for start in range(0, len(basic), 4):
         with gr.Row():
             for f in basic[start : start + 4]:
-                training_inputs[f.name] = field_component(f, form_default(f.name, "lora"))
+                inputs[f.name] = field_component(f, form_default(f.name, "lora"))
     with gr.Accordion("More training settings", open=False):
         for start in range(0, len(advanced), 4):
             with gr.Row():
                 for f in advanced[start : start + 4]:
-                    training_inputs[f.name] = field_component(f, form_default(f.name, "lora"))
-    with gr.Accordion("Settings search", open=False), gr.Row():
-        search = SearchInputs(
-            mode=gr.Dropdown(
-                choices=SEARCH_MODES,
-                value=NO_SEARCH,
-                label="Search",
-                info="Trials are ordinary jobs under one search job; the best has the "
-                "lowest eval loss at its end.",
-                scale=2,
-            ),
-            space=gr.Code(
-                value=SPACE_EXAMPLE,
-                language="json",
-                label="Values to try (grid, random): training or method fields; random "
-                'also takes ranges, {"min": 1e-5, "max": 1e-2, "log": true}',
-                lines=2,
-                scale=3,
-            ),
-            trials=gr.Number(value=8, label="Trials (random)", precision=0, minimum=2),
+                    inputs[f.name] = field_component(f, form_default(f.name, "lora"))
+    return inputs
+
+
+def _wire_method_events(settings: Settings, form: TrainForm) -> None:
+    """The model decides the methods and target layers offered; the method, the fields shown."""
+    pickers = [
+        fields["target_modules"]
+        for fields in form.method_inputs.values()
+        if "target_modules" in fields
+    ]
+    form.base_model.change(
+        lambda b, *t: on_base_model_change(settings, b, *t),
+        inputs=[form.base_model, *pickers],
+        outputs=pickers,
+        api_visibility="private",
+    )
+    for key, preset in form.presets.items():
+        picker = form.method_inputs[key]["target_modules"]
+        preset.input(
+            lambda p, b, t: on_preset_change(settings, p, b, t),
+            inputs=[preset, form.base_model, picker],
+            outputs=[picker],
+            api_visibility="private",
         )
+    form.base_model.change(
+        lambda b, m: method_choices(settings, b, m),
+        inputs=[form.base_model, form.method],
+        outputs=[form.method],
+        api_visibility="private",
+    )
+    form.method.change(
+        lambda m: on_method_change(form, m),
+        inputs=[form.method],
+        outputs=[form.method_md, *form.method_groups.values()],
+        api_visibility="private",
+    )
+    form.method.input(  # a user's choice (not a clone filling the form): the method's own rate
+        lambda m: gr.update(value=get_method(m).learning_rate),
+        inputs=[form.method],
+        outputs=[form.training_inputs["learning_rate"]],
+        api_visibility="private",
+    )
+
+
+def _wire_form_events(settings: Settings, form: TrainForm) -> None:
+    """Any change recounts; Start queues the job."""
+    gr.on(
+        triggers=[
+            form.base_model.change,
+            form.dataset.change,
+            form.method.change,
+            form.from_adapter.change,
+            *(c.change for fields in form.method_inputs.values() for c in fields.values()),
+            *(c.change for c in form.training_inputs.values()),
+            form.search.mode.change,
+            form.search.space.change,
+            form.search.trials.change,
+        ],
+        fn=lambda data: on_form_change(settings, form, data),
+        inputs=form.inputs(),
+        outputs=[form.counts_md],
+        api_visibility="private",
+        trigger_mode="always_last",  # one model change updates several pickers: count once
+    )
+    form.start_button.click(
+        lambda data: on_start_click(settings, form, data),
+        inputs=form.inputs(),
+        outputs=[form.message_md],
+        api_visibility="private",
+    )
+
+
+def build_train_tab(settings: Settings) -> TrainForm:
+    base_model, dataset, method, from_adapter = _build_choices_section(settings)
+    methods = _build_method_section()
+    training_inputs = _build_training_section()
+    search = build_search_section()
     name = gr.Textbox(label="Job name (optional)")
     counts_md = gr.Markdown()
     start_button = gr.Button("Start training", variant="primary")
@@ -419,72 +362,16 @@ def build_train_tab(settings: Settings) -> TrainForm:
         method=method,
         from_adapter=from_adapter,
         name=name,
-        method_inputs=method_inputs,
-        method_groups=method_groups,
-        method_md=method_md,
+        method_inputs=methods.inputs,
+        method_groups=methods.groups,
+        presets=methods.presets,
+        method_md=methods.md,
         training_inputs=training_inputs,
         search=search,
         counts_md=counts_md,
         start_button=start_button,
         message_md=message_md,
     )
-    pickers = [
-        fields["target_modules"] for fields in method_inputs.values() if "target_modules" in fields
-    ]
-    base_model.change(
-        lambda b, *t: on_base_model_change(settings, b, *t),
-        inputs=[base_model, *pickers],
-        outputs=pickers,
-        api_visibility="private",
-    )
-    for key, preset in presets.items():
-        picker = method_inputs[key]["target_modules"]
-        preset.input(
-            lambda p, b, t: on_preset_change(settings, p, b, t),
-            inputs=[preset, base_model, picker],
-            outputs=[picker],
-            api_visibility="private",
-        )
-    base_model.change(
-        lambda b, m: method_choices(settings, b, m),
-        inputs=[base_model, method],
-        outputs=[method],
-        api_visibility="private",
-    )
-    method.change(
-        lambda m: on_method_change(form, m),
-        inputs=[method],
-        outputs=[method_md, *method_groups.values()],
-        api_visibility="private",
-    )
-    method.input(  # a user's choice (not a clone filling the form): the method's own rate
-        lambda m: gr.update(value=get_method(m).learning_rate),
-        inputs=[method],
-        outputs=[training_inputs["learning_rate"]],
-        api_visibility="private",
-    )
-    gr.on(
-        triggers=[
-            base_model.change,
-            dataset.change,
-            method.change,
-            from_adapter.change,
-            *(c.change for fields in method_inputs.values() for c in fields.values()),
-            *(c.change for c in training_inputs.values()),
-            search.mode.change,
-            search.space.change,
-            search.trials.change,
-        ],
-        fn=lambda data: on_form_change(settings, form, data),
-        inputs=form.inputs(),
-        outputs=[counts_md],
-        api_visibility="private",
-        trigger_mode="always_last",  # one model change updates several pickers: count once
-    )
-    start_button.click(
-        lambda data: on_start_click(settings, form, data),
-        inputs=form.inputs(),
-        outputs=[message_md],
-        api_visibility="private",
-    )
+    _wire_method_events(settings, form)
+    _wire_form_events(settings, form)
     return form
