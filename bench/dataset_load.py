@@ -160,7 +160,8 @@ def _instrument(meter: Meter) -> None:
     """Time what upload_dataset / preview_dataset call, where they look it up."""
     import finetune.preview
     import finetune.sources
-    import service.datasets as da
+    import service.datasets
+    import service.uploads as da
     from storage.store import Store
 
     finetune.sources.decode = meter.wrap("decode UTF-8", finetune.sources.decode)
@@ -169,8 +170,9 @@ def _instrument(meter: Meter) -> None:
     )
     da.read_sources = meter.wrap("read file (rest of read_sources)", da.read_sources)
     da.parse = meter.wrap("parse: normalize, check, dedupe", da.parse)
-    for name in ("apply_policy", "content_stats", "sample_rows"):
+    for name in ("apply_policy", "content_stats"):
         setattr(da, name, meter.wrap(name, getattr(da, name)))
+    service.datasets.sample_rows = meter.wrap("sample_rows", service.datasets.sample_rows)
     da._check_lengths = meter.wrap("length check (tokenize all)", da._check_lengths)
     da._digest = meter.wrap("hash", da._digest)
     da.write_lines = meter.wrap("write rows.jsonl", da.write_lines)

@@ -8,6 +8,7 @@ adds the rules across fields. One mechanism, one wording of every refusal.
 
 from __future__ import annotations
 
+from copy import copy
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any, ClassVar, Self
@@ -112,7 +113,7 @@ def parse_fields(fields: tuple[Field, ...], given: Any, where: str) -> dict[str,
             f"{_at(where, unknown[0])}: unknown field (known: {', '.join(sorted(known))})"
         )
     return {
-        f.name: f.parse(given[f.name], _at(where, f.name)) if f.name in given else f.default
+        f.name: f.parse(given[f.name], _at(where, f.name)) if f.name in given else copy(f.default)
         for f in fields
     }
 
@@ -132,10 +133,11 @@ class Request:
     def parse(cls, given: Any, where: str = "") -> Self:
         if isinstance(given, dict):
             given = {k: v for k, v in given.items() if v is not None}
-            for f in cls.FIELDS:  # a field without a default must be given
-                if f.default is None and not f.optional and f.name not in given:
-                    raise SpecError(f"{_at(where, f.name)}: a value is required")
-        request = cls(**parse_fields(cls.FIELDS, given, where))
+        values = parse_fields(cls.FIELDS, given, where)
+        for f in cls.FIELDS:  # a field without a default must be given
+            if f.default is None and not f.optional and values[f.name] is None:
+                raise SpecError(f"{_at(where, f.name)}: a value is required")
+        request = cls(**values)
         request.check(where)
         return request
 
@@ -144,4 +146,3 @@ class Request:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
-

@@ -11,18 +11,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from errors import UserError
+from finetune.fields import Field, Request, SpecError
 from finetune.methods import method_of_type
 from finetune.tasks import CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, model_task
 
+MAX_STOPS = 4
+
 
 @dataclass(frozen=True)
-class GenerationParams:
+class GenerationParams(Request):
+    """How an answer is sampled; every field optional."""
+
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int = 0
     system_prompt: str = ""
     stop: tuple[str, ...] = ()  # the answer ends before the first of these it writes
+
+    FIELDS = (
+        Field("max_new_tokens", "Max new tokens", int, 64, minimum=1, maximum=2048),
+        Field("temperature", "Temperature", float, 0.0, minimum=0, maximum=5),
+        Field("top_p", "Top p", float, 1.0, minimum=0, maximum=1),
+        Field("seed", "Seed", int, 0, minimum=-(2**63), maximum=2**63 - 1),
+        Field("system_prompt", "System prompt", str, "", max_chars=20_000),
+        Field("stop", "Stop at", list, (), optional=True),
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    def check(self, where: str) -> None:
+        if self.top_p <= 0:
+            raise SpecError(f"{where}.top_p: must be above 0 and at most 1")
+        if not all(self.stop):
+            raise SpecError(f"{where}.stop: give a list of non-empty strings")
+        if len(self.stop) > MAX_STOPS or any(len(x) > 100 for x in self.stop):
+            raise SpecError(f"{where}.stop: at most {MAX_STOPS} strings of up to 100 characters")
 
 
 Turn = dict  # {"role": "user" | "assistant", "content": str}

@@ -15,13 +15,10 @@ from service.adapters import (
 from service.combining import CombineRequest, combine, combined_adapter, start_combine
 from service.datasets import (
     DEFAULT_MAX_LENGTH,
-    add_sample,
     delete_dataset,
     get_dataset,
-    inspect_columns,
     list_datasets,
     preview_dataset,
-    upload_dataset,
 )
 from service.evaluation import evaluation_results, start_evaluation, tradeoffs
 from service.jobs import (
@@ -52,12 +49,14 @@ from service.playground import (
     unload,
 )
 from service.training import estimate, list_methods, start_job
+from service.uploads import UploadOptions, add_sample, inspect_columns, upload_dataset
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
     "MAX_ADAPTERS",
     "CombineRequest",
     "JobView",
+    "UploadOptions",
     "add_sample",
     "cancel_job",
     "clone_job",

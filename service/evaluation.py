@@ -3,13 +3,14 @@ side on the PEFT trade-offs (size, memory, speed, quality)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from config import Settings
 from errors import UserError
 from finetune.data import group_columns, read_rows
 from finetune.evaluate import check_metric, default_metric
-from finetune.fields import SpecError
+from finetune.fields import Field, Request, SpecError
 from finetune.models import load_config
 from finetune.spec import TRAINING_FIELDS
 from finetune.tasks import model_task
@@ -20,17 +21,37 @@ from storage.store import EVAL_FILE, ROWS_FILE, JobKind, Store
 
 MAX_EVAL_ROWS = 2000
 _TRAINING_DEFAULTS = {f.name: f.default for f in TRAINING_FIELDS}
-_EVAL_OPTIONS = {
-    "metric": "auto",
-    "split": "held_out",  # or "all": every row (a dataset uploaded to evaluate on)
-    "max_rows": 50,
-    "max_new_tokens": 32,
-    "eval_fraction": None,  # None: as the adapters' training jobs split this dataset
-    "seed": None,
-    "base_model": None,
-    "name": None,
-    "group_by": None,  # a column kept beside the rows: scores per value of it too
-}
+
+
+@dataclass(frozen=True)
+class EvaluationOptions(Request):
+    """How an evaluation scores: every field optional."""
+
+    metric: str = "auto"
+    split: str = "held_out"  # or "all": every row (a dataset uploaded to evaluate on)
+    max_rows: int = 50
+    max_new_tokens: int = 32
+    eval_fraction: float | None = None  # None: as the adapters' training jobs split this dataset
+    seed: int | None = None
+    base_model: str | None = None
+    name: str | None = None
+    group_by: str | None = None  # a column kept beside the rows: scores per value of it too
+
+    FIELDS = (
+        Field("metric", "Metric", str, "auto", max_chars=40),
+        Field("split", "Rows", str, "held_out", choices=("held_out", "all")),
+        Field("max_rows", "Rows at most", int, 50, minimum=1, maximum=MAX_EVAL_ROWS),
+        Field("max_new_tokens", "New tokens", int, 32, minimum=1, maximum=512),
+        Field("eval_fraction", "Held-out fraction", float, None, optional=True),
+        Field("seed", "Seed", int, None, minimum=0, maximum=2**31, optional=True),
+        Field("base_model", "Base model", str, None, optional=True, max_chars=500),
+        Field("name", "Name", str, None, optional=True, max_chars=200),
+        Field("group_by", "Group by", str, None, optional=True, max_chars=200),
+    )
+
+    def check(self, where: str) -> None:
+        if self.eval_fraction is not None and not 0 < self.eval_fraction <= 0.5:
+            raise SpecError(f"{where}.eval_fraction: must be above 0 and at most 0.5")
 
 
 def start_evaluation(
@@ -41,49 +62,38 @@ def start_evaluation(
 ) -> dict[str, Any]:
     """Queue a job in which the base (None) and the adapters answer the dataset's held-out rows
     -> {job_id, status, metric, rows}."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(_EVAL_OPTIONS))
-    if unknown:
-        raise SpecError(f"options.{unknown[0]}: unknown (known: {', '.join(_EVAL_OPTIONS)})")
-    options = {**_EVAL_OPTIONS, **options}
+    opts = EvaluationOptions.parse(options, "options")
     store = Store(settings.data_dir)
     try:
         dataset = store.get_dataset(dataset_id)
     except LookupError:
         raise SpecError(f"dataset_id: no dataset {dataset_id!r}; upload one first") from None
-    model, chosen = entries(settings, adapter_ids, options["base_model"])
+    model, chosen = entries(settings, adapter_ids, opts.base_model)
     task = model_task(load_config(model, settings.allow_remote_code))
-    metric = options["metric"]
-    if metric in (None, "", "auto"):
+    metric = opts.metric
+    if metric in ("", "auto"):
         metric = default_metric(task, dataset.format)
     check_metric(metric, task, dataset.format != "text")
     split, warnings = _split_of(store, [e[0] for e in chosen if e is not None], dataset.id)
     spec = {
-        "base_model": options["base_model"] or _base_of(store, chosen),
+        "base_model": opts.base_model or _base_of(store, chosen),
         "adapter_ids": [None if e is None else e[0] for e in chosen],
         "dataset_id": dataset.id,
         "metric": metric,
-        "max_rows": _whole(options["max_rows"], "max_rows", 1, MAX_EVAL_ROWS),
-        "max_new_tokens": _whole(options["max_new_tokens"], "max_new_tokens", 1, 512),
-        "split": _split_option(options["split"]),
-        "eval_fraction": split[0] if options["eval_fraction"] is None else options["eval_fraction"],
-        "seed": split[1] if options["seed"] is None else _whole(options["seed"], "seed", 0, 2**31),
-        "group_by": _group_by(store, dataset, options["group_by"]),
+        "max_rows": opts.max_rows,
+        "max_new_tokens": opts.max_new_tokens,
+        "split": opts.split,
+        "eval_fraction": split[0] if opts.eval_fraction is None else opts.eval_fraction,
+        "seed": split[1] if opts.seed is None else opts.seed,
+        "group_by": _group_by(store, dataset, opts.group_by),
     }
-    fraction = spec["eval_fraction"]
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, int | float)
-        or not 0 < fraction <= 0.5
-    ):
-        raise SpecError("options.eval_fraction: must be above 0 and at most 0.5")
     rows = eval_rows(store, spec)
     if not rows:
         raise SpecError(
             f"Dataset {dataset.name} has no held-out rows to evaluate on (it is too small for "
             "an eval split): upload an eval file with it, or raise options.eval_fraction."
         )
-    name = options["name"] or f"evaluate {len(chosen)} on {dataset.name}"
+    name = opts.name or f"evaluate {len(chosen)} on {dataset.name}"
     job = submit_job(settings, name[:200], spec, dataset.id, kind=JobKind.EVALUATE)
     if spec["split"] == "all" or _has_own_eval(store, dataset.id):
         warnings = [w for w in warnings if "held out" not in w]
@@ -117,12 +127,6 @@ def _group_by(store: Store, dataset, column) -> str | None:
 def _has_own_eval(store: Store, dataset_id: str) -> bool:
     path = store.eval_path(dataset_id)
     return path.is_file() and path.stat().st_size > 0
-
-
-def _split_option(value: Any) -> str:
-    if value not in ("held_out", "all"):
-        raise SpecError(f"options.split: must be held_out or all, got {value!r}")
-    return value
 
 
 def _base_of(store: Store, chosen) -> str:
@@ -161,14 +165,6 @@ def _split_of(
         )
     default = (_TRAINING_DEFAULTS["eval_fraction"] or 0.1, _TRAINING_DEFAULTS["seed"])
     return next(iter(splits.values()), default), warnings
-
-
-def _whole(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise SpecError(f"options.{name}: must be a whole number, got {value!r}")
-    if not low <= value <= high:
-        raise SpecError(f"options.{name}: must be from {low} to {high}")
-    return int(value)
 
 
 def evaluation_results(settings: Settings, job_id: str) -> dict[str, Any]:

@@ -474,8 +474,8 @@ def test_options_are_checked_by_name(settings, tmp_path):
     path = write(tmp_path, "a.jsonl", jsonl(PROMPT))
     for options, message in (
         ({"base_model": 5}, "options.base_model: must be text"),
-        ({"dry_run": "yes"}, "options.dry_run: must be true/false"),
-        ({"nope": 1}, "options.nope: unknown option"),
+        ({"dry_run": "yes"}, "options.dry_run: must be true or false, got 'yes'"),
+        ({"nope": 1}, "options.nope: unknown field"),
     ):
         with pytest.raises(ValueError, match=message):
             service.upload_dataset(settings, path, "", options)

@@ -173,7 +173,7 @@ def test_refusals_name_the_field(worker_settings, dataset_id, trained):
         )
     with pytest.raises(SpecError, match=r"options\.top: unknown"):
         service.start_evaluation(worker_settings, [trained["lora"]], dataset_id, {"top": 1})
-    with pytest.raises(SpecError, match=r"options\.split: must be held_out or all"):
+    with pytest.raises(SpecError, match=r"options\.split: must be one of held_out, all; got"):
         service.start_evaluation(worker_settings, [trained["lora"]], dataset_id, {"split": "some"})
     with pytest.raises(SpecError, match="dataset_id: no dataset"):
         service.start_evaluation(worker_settings, [trained["lora"]], "ds-000000000000")

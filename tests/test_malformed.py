@@ -20,7 +20,7 @@ import pytest
 
 from finetune.data import BadRows, read_rows
 from finetune.sources import DataError
-from service.datasets import upload_dataset
+from service.uploads import upload_dataset
 
 PC = {"prompt": "Capital of France?", "completion": "Paris"}
 PC2 = {"prompt": "Capital of Peru?", "completion": "Lima"}
@@ -538,7 +538,7 @@ OPTIONS = [
         "unknown-option",
         "data.jsonl",
         jsonl(PC),
-        "options.shuffle: unknown option (known: format,",
+        "options.shuffle: unknown field (known: base_model, dry_run, format,",
         ValueError,
         options={"shuffle": True},
     ),
@@ -546,7 +546,7 @@ OPTIONS = [
         "bad-on-bad-rows",
         "data.jsonl",
         jsonl(PC),
-        "options.on_bad_rows: must be one of refuse, drop.",
+        "options.on_bad_rows: must be one of refuse, drop; got 'skip'",
         ValueError,
         options={"on_bad_rows": "skip"},
     ),
@@ -562,7 +562,7 @@ OPTIONS = [
         "bad-text-mode",
         "data.txt",
         "Some text.\n",
-        "options.text_mode: must be one of blocks, file.",
+        "options.text_mode: must be one of blocks, file; got 'lines'",
         ValueError,
         options={"text_mode": "lines"},
     ),
@@ -570,7 +570,7 @@ OPTIONS = [
         "labels-not-strings",
         "data.jsonl",
         jsonl({"text": "t", "label": "1"}),
-        "options.labels: must be a list of label strings.",
+        "options.labels: must be a list of names, got [1, 2]",
         ValueError,
         options={"labels": [1, 2]},
     ),
@@ -578,7 +578,7 @@ OPTIONS = [
         "max-length-too-small",
         "data.jsonl",
         jsonl(PC),
-        "options.max_length: must be from 16 to 131072.",
+        "options.max_length: must be from 16 to 131072, got 8",
         ValueError,
         options={"max_length": 8},
     ),

@@ -81,3 +81,34 @@ def test_bad_specs_name_the_field(spec, field):
     with pytest.raises(SpecError) as info:
         parse_spec(spec)
     assert str(info.value).startswith(f"{field}:"), str(info.value)
+
+
+def test_every_request_parses_each_of_its_values_by_a_field():
+    """A Request's FIELDS and its dataclass fields are one list, with the same defaults: a value
+    added to one and not the other would be ignored or unparsed."""
+    import dataclasses
+
+    import service  # noqa: F401 (imports every request class)
+    from finetune.fields import Request
+
+    requests = Request.__subclasses__()
+    assert len(requests) >= 4
+    for cls in requests:
+        declared = {f.name: f for f in dataclasses.fields(cls)}
+        assert [f.name for f in cls.FIELDS] == list(declared), cls.__name__
+        parsed = (
+            cls.parse({}) if all(f.default is not None or f.optional for f in cls.FIELDS) else None
+        )
+        for f in cls.FIELDS:
+            value = declared[f.name]
+            default = (
+                value.default_factory()
+                if value.default_factory is not dataclasses.MISSING
+                else value.default
+            )
+            if default is not dataclasses.MISSING:
+                assert f.default == default or tuple(f.default) == tuple(default), (cls, f.name)
+            if parsed is not None:
+                assert getattr(parsed, f.name) == default, (cls, f.name)
+        with pytest.raises(SpecError, match="unknown field"):
+            cls.parse({"no_such_value": 1})
